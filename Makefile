@@ -1,0 +1,27 @@
+# Quick start: `make run` (set up, then reproduce the pipeline on the demo source) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# DVC runs each stage's `python -m pipelines.<stage>` with this PATH: the project's interpreter.
+export PATH := $(BIN):$(PATH)
+# librosa's MFCC is JIT-compiled by numba on first use; keep the compiled code between runs.
+export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+
+.PHONY: run test setup clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+run: setup
+	dvc repro
+
+test: setup
+	python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

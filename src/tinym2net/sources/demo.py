@@ -1,0 +1,246 @@
+"""Built-in offline demo source, deterministic from the seed, in the raw formats of the real sources.
+
+covid: participants in Coswara's layout (`<date>/<id>/cough-heavy.wav`, `counting-normal.wav`,
+`<date>/<date>.csv`, `combined_data.csv`) at mixed sample rates. A positive participant shows
+the disease in the cough only (40%), in the speech only (40%) or in both (20%); 5% of negative
+participants show each sign by chance. So each modality alone misses about half of the
+positives, and only the two together find (nearly) all of them.
+
+battlefield: H.264/AAC mp4 videos, several per class. The picture tells helicopter (sky, flying
+object) and tank (ground, vehicle) apart but draws bomb and gun from one identical process
+(smoke and flashes); the sound tells bomb (long booms) and gun (rapid clicks) apart but draws
+helicopter and tank from one identical engine-rumble process.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+from scipy import signal
+from tqdm import tqdm
+
+from .. import media
+from ..config import fraction, full_key, get, positive
+from ..errors import ParamsError
+from . import MANIFEST, VIDEO_COLUMNS, write_manifest
+
+log = logging.getLogger(__name__)
+
+COUGH, SPEECH = "cough-heavy", "counting-normal"
+
+
+def _bandpass(x: np.ndarray, lo: float, hi: float, sr: int) -> np.ndarray:
+    hi = min(hi, 0.45 * sr)
+    sos = signal.butter(4, [lo, hi], btype="band", fs=sr, output="sos")
+    return signal.sosfilt(sos, x)
+
+
+def _lowpass(x: np.ndarray, cutoff: float, sr: int) -> np.ndarray:
+    return signal.sosfilt(signal.butter(4, cutoff, fs=sr, output="sos"), x)
+
+
+# ----------------------------------------------------------------------------- covid
+
+def _cough(rng: np.random.Generator, seconds: float, sr: int, center: float, wet: bool) -> np.ndarray:
+    """Cough bursts every 0.4-0.9 s: band noise around `center`; a wet cough adds a low rumble."""
+    n = int(seconds * sr)
+    out = np.zeros(n)
+    t = rng.uniform(0.05, 0.3)
+    while t < seconds - 0.1:
+        length = int(rng.uniform(0.25, 0.4) * sr)
+        env = np.exp(-np.arange(length) / (rng.uniform(0.06, 0.1) * sr))
+        env[: int(0.01 * sr)] *= np.linspace(0, 1, int(0.01 * sr))
+        burst = _bandpass(rng.standard_normal(length), center * 0.6, center * 1.6, sr)
+        if wet:
+            rumble = _bandpass(rng.standard_normal(length), 250, 550, sr)
+            burst = 0.6 * burst / (burst.std() + 1e-9) + 1.0 * rumble / (rumble.std() + 1e-9)
+            env = np.exp(-np.arange(length) / (rng.uniform(0.12, 0.18) * sr))
+        burst = env * burst / (np.abs(burst).max() + 1e-9)
+        start = int(t * sr)
+        stop = min(n, start + length)
+        out[start:stop] += burst[: stop - start]
+        t += rng.uniform(0.4, 0.9)
+    return out
+
+
+def _speech(rng: np.random.Generator, seconds: float, sr: int, f0: float, hoarse: bool) -> np.ndarray:
+    """Counting: voiced syllables (harmonics shaped by random formants); hoarse adds breath and jitter."""
+    n = int(seconds * sr)
+    out = np.zeros(n)
+    t = rng.uniform(0.05, 0.2)
+    while t < seconds - 0.3:
+        dur = rng.uniform(0.25, 0.45)
+        m = int(dur * sr)
+        jitter = 0.04 if hoarse else 0.005
+        pitch = f0 * (1 + jitter * rng.standard_normal(m)).cumsum() / np.arange(1, m + 1)
+        phase = 2 * np.pi * np.cumsum(pitch) / sr
+        f1, f2 = rng.uniform(300, 800), rng.uniform(900, 2200)
+        voiced = np.zeros(m)
+        for k in range(1, int(min(4000, 0.45 * sr) / f0)):
+            fk = k * f0
+            gain = np.exp(-((fk - f1) / 150) ** 2) + 0.7 * np.exp(-((fk - f2) / 250) ** 2) + 0.05
+            voiced += gain / k ** 0.5 * np.sin(k * phase)
+        voiced /= np.abs(voiced).max() + 1e-9
+        if hoarse:
+            breath = _bandpass(rng.standard_normal(m), 1500, 6000, sr)
+            voiced = 0.45 * voiced + 0.55 * breath / (np.abs(breath).max() + 1e-9)
+        env = np.sin(np.linspace(0, np.pi, m)) ** 0.5
+        start = int(t * sr)
+        stop = min(n, start + m)
+        out[start:stop] += (env * voiced)[: stop - start]
+        t += dur + rng.uniform(0.08, 0.25)
+    return out
+
+
+def fetch_paired_audio(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
+    """Write demo participants in the Coswara layout plus the raw manifest."""
+    count = positive(cfg, "demo.participants", integer=True)
+    frac = fraction(cfg, "demo.positive_fraction")
+    rates = get(cfg, "demo.sample_rates")
+    for key in ("demo.cough_seconds", "demo.speech_seconds"):
+        lo, hi = get(cfg, key)
+        if not 0 < lo <= hi:
+            raise ParamsError(f"params.yaml: {full_key(cfg, key)} must be [min, max] with 0 < min <= max (got {[lo, hi]})")
+    lo_c, hi_c = get(cfg, "demo.cough_seconds")
+    lo_s, hi_s = get(cfg, "demo.speech_seconds")
+    negative_label, positive_label = case_info["classes"]
+    date = str(get(cfg, "demo.date"))
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(count, int)
+    labels[: int(round(count * frac))] = 1
+    rng.shuffle(labels)
+    day = out_dir / date
+    day.mkdir(parents=True)
+    rows, meta = [], []
+    for i in tqdm(range(count), desc="demo participants", unit="participant"):
+        pid = f"demo{seed:02d}P{i:04d}"
+        if labels[i]:
+            pattern = rng.choice(["cough", "speech", "both"], p=[0.4, 0.4, 0.2])
+            wet, hoarse = pattern in ("cough", "both"), pattern in ("speech", "both")
+        else:
+            wet, hoarse = rng.random() < 0.05, rng.random() < 0.05
+        sr = int(rng.choice(rates))
+        gain = rng.uniform(0.3, 0.8)
+        cough = _cough(rng, rng.uniform(lo_c, hi_c), sr, rng.uniform(1200, 2800), wet)
+        speech = _speech(rng, rng.uniform(lo_s, hi_s), sr, rng.uniform(90, 240), hoarse)
+        folder = day / pid
+        folder.mkdir()
+        for name, audio in ((COUGH, cough), (SPEECH, speech)):
+            audio = gain * audio / (np.abs(audio).max() + 1e-9)
+            audio += rng.uniform(0.002, 0.01) * rng.standard_normal(audio.size)
+            media.write_wav(folder / f"{name}.wav", audio.astype(np.float32), sr)
+        status = "positive_mild" if labels[i] else "healthy"
+        meta.append({"id": pid, "covid_status": status, "record_date": date})
+        rows.append({"subject_id": pid, "label": positive_label if labels[i] else negative_label,
+                     case_info["modalities"][0]: f"{date}/{pid}/{COUGH}.wav",
+                     case_info["modalities"][1]: f"{date}/{pid}/{SPEECH}.wav"})
+    for path in (day / f"{date}.csv", out_dir / "combined_data.csv"):
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["id", "covid_status", "record_date"])
+            writer.writeheader()
+            writer.writerows(meta)
+    write_manifest(out_dir / MANIFEST, ["subject_id", "label", *case_info["modalities"]], rows)
+    log.info("wrote %d demo participants (%d positive) to %s", count, labels.sum(), out_dir)
+
+
+# ----------------------------------------------------------------------------- battlefield
+
+def _scene(rng: np.random.Generator, visual: str, frames: int, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of one visual class: 'helicopter', 'tank' or 'fire'."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((frames, size, size, 3), np.float32)
+    pos = rng.uniform(0.2, 0.8, 2)
+    vel = rng.uniform(-0.03, 0.03, 2)
+    for f in range(frames):
+        pos = np.clip(pos + vel + rng.normal(0, 0.01, 2), 0.15, 0.85)
+        if visual == "helicopter":
+            img = np.stack([0.45 + 0.2 * yy, 0.6 + 0.2 * yy, 0.9 + 0 * yy], -1)
+            cy, cx = 0.15 + 0.3 * pos[0], pos[1]
+            body = ((yy - cy) / 0.07) ** 2 + ((xx - cx) / 0.14) ** 2 < 1
+            rotor = (np.abs(yy - cy + 0.09) < 0.015) & (np.abs(xx - cx) < 0.25)
+            img[body | rotor] = (0.15, 0.15, 0.18)
+        elif visual == "tank":
+            ground = yy > 0.55
+            img = np.where(ground[..., None], (0.45, 0.38, 0.2), (0.7, 0.75, 0.8)).astype(np.float32)
+            cx = pos[1]
+            hull = (np.abs(yy - 0.68) < 0.08) & (np.abs(xx - cx) < 0.2)
+            turret = (np.abs(yy - 0.57) < 0.05) & (np.abs(xx - cx) < 0.09)
+            gun = (np.abs(yy - 0.56) < 0.015) & (xx > cx) & (xx < cx + 0.3)
+            img[hull | turret | gun] = (0.25, 0.32, 0.15)
+        else:  # fire: bomb and gun look alike
+            img = np.stack([0.35 + 0.1 * xx, 0.33 + 0.1 * xx, 0.32 + 0.1 * xx], -1)
+            for _ in range(rng.integers(1, 4)):
+                cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.2)
+                flash = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2))[..., None]
+                img = img * (1 - flash) + flash * np.array([1.0, 0.65, 0.2])
+        smoke, tint = rng.uniform(0, 0.5), rng.uniform(-0.08, 0.08, 3)
+        img = (1 - smoke) * img + smoke * 0.5 + tint + rng.normal(0, 0.04, img.shape)
+        out[f] = img
+    return (np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+def _soundtrack(rng: np.random.Generator, sound: str, seconds: float, sr: int) -> np.ndarray:
+    """Mono audio of one sound class: 'engine' (helicopter and tank), 'boom' or 'gunfire'.
+
+    Loudness, noise and engine pitch are drawn anew every second, so that no trait of a whole
+    video tells videos of one class from those of another."""
+    n = int(seconds * sr)
+    if sound == "engine":
+        out = np.zeros(n)
+        for start in range(0, n, sr):
+            t = np.arange(min(sr, n - start)) / sr
+            rumble = _lowpass(rng.standard_normal(len(t)), 350, sr)
+            hum = sum(np.sin(2 * np.pi * k * rng.uniform(40, 110) * t) / k for k in (1, 2, 3))
+            chop = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(8, 25) * t + rng.uniform(0, 6.3)) ** 2
+            out[start:start + len(t)] = chop * rumble / rumble.std() + 0.3 * hum
+    else:
+        out = np.zeros(n)
+        pos = rng.uniform(0, 0.3)
+        while pos < seconds:
+            if sound == "boom":
+                length, tau, gap = int(1.8 * sr), rng.uniform(0.3, 0.6), rng.uniform(0.5, 0.9)
+                ev = _lowpass(rng.standard_normal(length), 1500, sr)
+            else:
+                length, tau, gap = int(0.08 * sr), rng.uniform(0.01, 0.02), rng.uniform(0.06, 0.15)
+                ev = _bandpass(rng.standard_normal(length), 1000, 7000, sr)
+            ev *= np.exp(-np.arange(length) / (tau * sr)) / (np.abs(ev).max() + 1e-9)
+            start = int(pos * sr)
+            stop = min(n, start + length)
+            out[start:stop] += rng.uniform(0.5, 1.0) * ev[: stop - start]
+            pos += gap
+    out = out / (np.abs(out).max() + 1e-9)
+    per_second = np.repeat(rng.uniform(0.3, 0.8, int(np.ceil(seconds))), sr)[:n]
+    noise = np.repeat(rng.uniform(0.01, 0.05, int(np.ceil(seconds))), sr)[:n]
+    return (per_second * out + noise * rng.standard_normal(n)).astype(np.float32)
+
+
+VISUAL = {"helicopter": "helicopter", "tank": "tank", "bomb": "fire", "gun": "fire"}
+SOUND = {"helicopter": "engine", "tank": "engine", "bomb": "boom", "gun": "gunfire"}
+
+
+def fetch_video(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
+    """Write demo mp4 videos (`videos/<label>/<id>.mp4`) plus the raw manifest."""
+    per_class = positive(cfg, "demo.videos_per_class", integer=True)
+    seconds = positive(cfg, "demo.seconds")
+    fps = positive(cfg, "demo.fps", integer=True)
+    size = positive(cfg, "demo.size", integer=True)
+    sr = positive(cfg, "demo.sample_rate", integer=True)
+    unknown = [c for c in case_info["classes"] if c not in VISUAL]
+    if unknown:
+        raise ParamsError(f"params.yaml: cases: the demo source has no video class {unknown[0]!r} "
+                          f"(it makes {', '.join(VISUAL)})")
+    rng = np.random.default_rng(seed)
+    rows = []
+    jobs = [(label, k) for k in range(per_class) for label in case_info["classes"]]
+    for label, k in tqdm(jobs, desc="demo videos", unit="video"):
+        vid = f"demo-{label}-{k}"
+        frames = _scene(rng, VISUAL[label], int(seconds * fps), size)
+        audio = _soundtrack(rng, SOUND[label], seconds, sr)
+        path = Path("videos") / label / f"{vid}.mp4"
+        (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        media.write_video(out_dir / path, frames, fps, audio, sr)
+        rows.append({"video_id": vid, "label": label, "path": path.as_posix(), "start": "", "end": ""})
+    write_manifest(out_dir / MANIFEST, VIDEO_COLUMNS, rows)
+    log.info("wrote %d demo videos of %.0f s to %s", len(rows), seconds, out_dir)

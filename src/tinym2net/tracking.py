@@ -1,0 +1,86 @@
+"""MLflow tracking: one experiment per case, a run per stage execution, child runs per model.
+
+The store is SQLite (`sqlite:///<repo>/mlflow.db`, absolute so that DVC's temporary experiment
+copies log to the same place) unless `MLFLOW_TRACKING_URI` says otherwise; artifacts go to
+`<repo>/mlartifacts/`. Neither is a DVC output. Every run is tagged with the git commit and the
+stage's dependency hashes as DVC computes them.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    root = Path(root or Path.cwd()).resolve()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's commit, suffixed `-dirty` when the work tree has uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return "none"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def dvc_dependency_hashes(stage: str, root: Path) -> dict[str, str]:
+    """Hashes of the stage's file/directory dependencies as DVC computes them (md5)."""
+    try:
+        from dvc.dependency.param import ParamsDependency
+        from dvc.repo import Repo
+
+        with Repo(str(root)) as repo:
+            (found,) = repo.stage.collect(stage)
+            hashes = {}
+            for dep in found.deps:
+                if isinstance(dep, ParamsDependency):
+                    continue
+                dep.save()
+                hashes[dep.def_path] = dep.hash_info.value
+            return hashes
+    except Exception as exc:  # outside a DVC repo (e.g. a library call from a notebook)
+        log.debug("no DVC dependency hashes for %s: %s", stage, exc)
+        return {}
+
+
+def set_experiment(case: str, root: Path):
+    """Select (creating if needed) the case's experiment, artifacts under <root>/mlartifacts."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(root))
+    name = f"tinym2net-{case}"
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=(Path(root).resolve() / "mlartifacts" / case).as_uri())
+    return mlflow.set_experiment(name)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, case: str, root: Path = Path(".")):
+    """An MLflow run for one execution of `stage` on `case`, tagged for lineage."""
+    import mlflow
+
+    set_experiment(case, root)
+    tags = {"stage": stage, "case": case, "git_commit": git_commit(Path(root))}
+    tags.update({f"dvc.dep.{path}": md5 for path, md5 in dvc_dependency_hashes(f"{stage}@{case}", Path(root)).items()})
+    with mlflow.start_run(run_name=f"{stage}-{case}", tags=tags) as run:
+        log.info("MLflow run %s (%s) in %s", run.info.run_id, run.info.run_name, tracking_uri(root))
+        yield run
+
+
+@contextlib.contextmanager
+def child_run(parent, name: str):
+    """A child run under `parent` (explicit parent id, so it also works from worker threads)."""
+    import mlflow
+
+    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent.info.run_id) as run:
+        yield run

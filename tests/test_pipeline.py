@@ -1,0 +1,104 @@
+"""End to end: `dvc repro` of both cases on the reduced configuration in a temporary git repository."""
+import json
+import re
+import shutil
+import subprocess
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import venv_env
+
+pytestmark = pytest.mark.slow
+
+PROJECT_FILES = ["dvc.yaml", "pipelines", "src", "pyproject.toml", ".dvcignore", ".gitignore"]
+
+
+def run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, repo_root, small_params):
+    """A fresh git+DVC repository holding the project and the reduced params, reproduced once."""
+    path = tmp_path_factory.mktemp("repo")
+    for name in PROJECT_FILES:
+        src = repo_root / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            shutil.copy(src, path / name)
+    (path / "params.yaml").write_text(yaml.safe_dump(small_params, sort_keys=False))
+    env = venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{path / 'mlflow.db'}", PYTHONPATH=str(path))
+    run(["git", "init", "-q", "-b", "main"], path, env)
+    run(["git", "config", "user.email", "ci@example.invalid"], path, env)
+    run(["git", "config", "user.name", "ci"], path, env)
+    run(["dvc", "init", "-q"], path, env)
+    run(["dvc", "config", "core.analytics", "false"], path, env)
+    run(["git", "add", "-A"], path, env)
+    run(["git", "commit", "-q", "-m", "project"], path, env)
+    first = run(["dvc", "repro"], path, env)
+    return path, env, first
+
+
+def test_first_repro_runs_every_stage_for_both_cases(repo):
+    path, env, first = repo
+    stages = ["fetch", "slice", "featurize", "train", "evaluate"]
+    assert ran_stages(first) == {f"{s}@{c}" for s in stages for c in ("covid", "battlefield")}
+    for case, models in {"covid": {"fused", "cough", "speech"}, "battlefield": {"fused", "image", "audio"}}.items():
+        result = json.loads((path / "metrics" / case / "evaluate.json").read_text())
+        assert set(result["models"]) == models
+        for m in result["models"].values():
+            assert 0 <= m["accuracy"] <= 1 and 0 <= m["uar"] <= 1 and 0 <= m["macro_f1"] <= 1
+        assert ("roc_auc" in result["models"]["fused"]) == (case == "covid")
+        assert result["split"]["leaky"] is False
+        train = json.loads((path / "metrics" / case / "train.json").read_text())
+        assert train["fused"]["params"] > max(train[m]["params"] for m in models - {"fused"})
+        assert (path / "reports" / case / "confusion.png").stat().st_size > 1000
+    train = json.loads((path / "metrics" / "covid" / "train.json").read_text())
+    assert train["fused"]["flatten"] == {"cough": 672, "speech": 1296}
+
+
+def test_metrics_and_plots_show(repo):
+    path, env, _ = repo
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], path, env))
+    assert "metrics/covid/evaluate.json" in json.dumps(shown)
+    plots = run(["dvc", "plots", "show", "--json"], path, env)
+    assert "metrics/battlefield/curves" in plots and "reports/covid/predictions.csv" in plots
+
+
+def test_runs_are_tracked_in_mlflow_with_lineage(repo):
+    path, env, _ = repo
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["tinym2net-covid"], output_format="list")
+    names = {r.info.run_name for r in runs}
+    assert {"train-covid", "evaluate-covid", "fused", "cough", "speech"} <= names
+    train = next(r for r in runs if r.info.run_name == "train-covid")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True).stdout.strip()
+    assert train.data.tags["git_commit"].startswith(commit)
+    lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["train@covid"]
+    dep = next(d for d in lock["deps"] if d["path"] == "data/features/covid")
+    assert train.data.tags["dvc.dep.data/features/covid"] == dep["md5"]
+    fused = next(r for r in runs if r.info.run_name == "fused")
+    assert fused.data.tags["mlflow.parentRunId"] == train.info.run_id
+    assert "val_loss" in fused.data.metrics
+    evaluate = next(r for r in runs if r.info.run_name == "evaluate-covid")
+    assert "fused_accuracy" in evaluate.data.metrics
+
+
+def test_second_repro_reruns_nothing_and_a_train_param_reruns_only_train_onwards(repo):
+    path, env, _ = repo
+    again = run(["dvc", "repro"], path, env)
+    assert ran_stages(again) == set(), again
+    params = yaml.safe_load((path / "params.yaml").read_text())
+    params["train"]["covid"]["lr"] = 0.002
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], path, env)
+    assert ran_stages(changed) == {"train@covid", "evaluate@covid"}
