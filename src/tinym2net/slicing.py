@@ -20,21 +20,17 @@ from . import media, splits
 from .config import choice, fraction, positive
 from .errors import DataError
 from .io import write_json
+from .sources import MANIFEST, read_csv
 
 log = logging.getLogger(__name__)
 
 
-def read_raw_manifest(raw_dir: Path, required: list[str]) -> list[dict]:
-    """Rows of `data/raw/<case>/manifest.csv`, checking the columns the case needs."""
-    path = raw_dir / "manifest.csv"
+def read_raw_manifest(raw_dir: Path, required: list[str]) -> list[tuple[int, dict]]:
+    """(line number, row) pairs of `data/raw/<case>/manifest.csv`, checking the columns the case needs."""
+    path = raw_dir / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: not found (run the fetch stage first)")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column {missing[0]!r}")
-        rows = list(reader)
+    rows = read_csv(path, required)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
@@ -75,7 +71,7 @@ def slice_paired_audio(cfg: dict, case_info: dict, raw_dir: Path, seed: int):
     counts = {m: 0 for m in modalities}
     subjects = []                             # (subject_id, label index, {m: chunk row indices})
     seen = set()
-    for line, row in enumerate(tqdm(rows, desc="slice recordings", unit="subject"), start=2):
+    for line, row in tqdm(rows, desc="slice recordings", unit="subject"):
         where = f"{raw_dir / 'manifest.csv'} row {line}"
         if row["subject_id"] in seen:
             raise DataError(f"{where}: duplicate subject_id {row['subject_id']!r}")
@@ -138,7 +134,7 @@ def slice_video(cfg: dict, case_info: dict, raw_dir: Path, seed: int):
     classes = case_info["classes"]
     rows = read_raw_manifest(raw_dir, ["video_id", "label", "path", "start", "end"])
     frames, audio, samples = [], [], []
-    for line, row in enumerate(tqdm(rows, desc="slice videos", unit="video"), start=2):
+    for line, row in tqdm(rows, desc="slice videos", unit="video"):
         where = f"{raw_dir / 'manifest.csv'} row {line}"
         class_index(row["label"], classes, where)
         start = float(row["start"]) if row["start"] else None

@@ -87,3 +87,16 @@ def cleared_on_error(out_dir: Path) -> Iterator[None]:
         for child in Path(out_dir).iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         raise
+
+
+def seconds_cell(text: str, where: str, column: str) -> float | None:
+    """A time cell in seconds (empty: None)."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{where}: {column} {text!r} is not a number of seconds") from None
+    if value < 0:
+        raise DataError(f"{where}: {column} {value:g} is negative")
+    return value

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from .. import media
 from ..config import get
 from ..errors import DataError, ParamsError
-from . import MANIFEST, VIDEO_COLUMNS, cleared_on_error, place, read_csv, write_manifest
+from . import MANIFEST, VIDEO_COLUMNS, cleared_on_error, place, read_csv, seconds_cell, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +102,10 @@ def _from_csv(path: Path, classes: list[str]) -> list[tuple]:
         src = path.parent / row["path"]
         if not row["path"] or not src.is_file():
             raise DataError(f"{where}: video {row['path']!r} not found (looked for {src})")
-        start, end = (_seconds(row.get(k, ""), where, k) for k in ("start", "end"))
+        start, end = (seconds_cell(row.get(k, ""), where, k) for k in ("start", "end"))
         if start is not None and end is not None and end <= start:
             raise DataError(f"{where}: end {end:g} must be after start {start:g}")
         entries.append((where, src, row["label"], start, end))
     return entries
 
 
-def _seconds(text: str, where: str, column: str) -> float | None:
-    """A start/end cell in seconds (empty: None)."""
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"{where}: {column} {text!r} is not a number of seconds") from None
-    if value < 0:
-        raise DataError(f"{where}: {column} {value:g} is negative")
-    return value

@@ -47,7 +47,7 @@ from .. import media
 from ..config import get, positive
 from ..errors import DataError, ParamsError
 from ..io import write_json
-from . import MANIFEST, VIDEO_COLUMNS, cleared_on_error, place, read_csv, write_manifest
+from . import MANIFEST, VIDEO_COLUMNS, cleared_on_error, place, read_csv, seconds_cell, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def read_entries(path: Path, classes: list[str], mad_labels: dict[str, str]) -> 
                 skipped[row["Label"]] += 1
                 continue
             where = f"{path} line {line}"
-            entries.append(Entry(where, row["url"], label, _seconds(row["Start_time"], where, "Start_time"),
-                                 _seconds(row["End_time"], where, "End_time")))
+            entries.append(Entry(where, row["url"], label, seconds_cell(row["Start_time"], where, "Start_time"),
+                                 seconds_cell(row["End_time"], where, "End_time")))
         log.info("%s: MAD segment CSV, %d segments kept, %d dropped (labels %s)", path, len(entries),
                  sum(skipped.values()), ", ".join(sorted(skipped)) or "none")
     else:
@@ -164,8 +164,8 @@ def read_entries(path: Path, classes: list[str], mad_labels: dict[str, str]) -> 
                 raise DataError(f"{where}: label {row['label']!r} is not a class ({', '.join(classes)})")
             if not row["url"]:
                 raise DataError(f"{where}: url is empty")
-            entries.append(Entry(where, row["url"], row["label"], _seconds(row.get("start", ""), where, "start"),
-                                 _seconds(row.get("end", ""), where, "end"),
+            entries.append(Entry(where, row["url"], row["label"], seconds_cell(row.get("start", ""), where, "start"),
+                                 seconds_cell(row.get("end", ""), where, "end"),
                                  row.get("expect_title", ""), row.get("expect_channel", "")))
     for e in entries:
         if e.start is not None and e.end is not None and e.end <= e.start:
@@ -182,19 +182,6 @@ def _header(path: Path) -> list[str]:
             return [name.strip() for name in fh.readline().split(",")]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (set {KEY}.manifest)") from None
-
-
-def _seconds(text: str, where: str, column: str) -> float | None:
-    """A time cell in seconds (empty: None)."""
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"{where}: {column} {text!r} is not a number of seconds") from None
-    if value < 0:
-        raise DataError(f"{where}: {column} {value:g} is negative")
-    return value
 
 
 def _norm(text: str) -> str:

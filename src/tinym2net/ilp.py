@@ -1,0 +1,305 @@
+"""Mixed-precision bit allocation as an integer linear program (HAWQ-V3), solved with PuLP's bundled CBC.
+
+Minimize sum_i Omega_i^{b_i} subject to model size sum_i params_i * b_i / 8 <= size limit (bytes)
+and BOPS sum_i MACs_i * b_i^2 <= BOPS limit, with tied layers sharing one width and pinned layers
+fixed. One binary per (tie group, bit choice), exactly one chosen per group, so any number of bit
+choices works. A limit is absolute or a lambda in [0, 1] between the all-lowest-bit and the
+all-highest-bit totals.
+
+Sensitivity input (written by the Hessian stage):
+  {"layers": [{"name", "params", "macs", "omega": {"4": float, "8": float}}, ...], "ties": [[a, b], ...]}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import pulp
+
+from .errors import DataError, ParamsError, TinyM2NetError
+from .io import write_json
+
+log = logging.getLogger(__name__)
+
+# CBC 2.10.3 (bundled with PuLP) needs three precautions here, each found by brute-force and
+# cross-solver checks on random instances (tests/test_ilp.py, benchmarks/ilp_500.py):
+# - its default preprocessing returns wrong "optimal" allocations with >= 3 bit choices
+#   (~0.4% of small instances; coin-or/Cbc#293-like), so it is switched off;
+# - unscaled BOPS rows (coefficients ~1e10) make its final LP clean-up return non-binary values,
+#   so budget rows are scaled by exact powers of two (`_add_budget`);
+# - its absolute tolerances (cutoff increment 1e-5, reduced-cost fixing) prune solutions better
+#   by less than ~1e-5, so the objective is scaled up to OBJECTIVE_SCALE.
+OBJECTIVE_SCALE = 1e4
+
+
+class IlpError(TinyM2NetError):
+    """The bit-allocation ILP could not be solved."""
+
+
+class IlpInfeasible(IlpError):
+    """No bit allocation meets the size/BOPS limits given the pinned and tied layers."""
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+def _floor(limit: float) -> int:
+    """The largest integer total within `limit`, forgiving float rounding of a lambda-derived limit."""
+    return math.floor(limit + 1e-9 * max(1.0, abs(limit)))
+
+
+def _check_sensitivity(sens: dict, bit_choices: list[int]) -> list[dict]:
+    """The layer list of a sensitivity dict, with every field checked; errors name the layer."""
+    layers = sens.get("layers") if isinstance(sens, dict) else None
+    if not isinstance(layers, list) or not layers:
+        raise DataError("sensitivity: expected a non-empty 'layers' list")
+    seen = set()
+    for i, layer in enumerate(layers):
+        name = layer.get("name") if isinstance(layer, dict) else None
+        if not isinstance(name, str):
+            raise DataError(f"sensitivity: layers[{i}] has no 'name'")
+        if name in seen:
+            raise DataError(f"sensitivity: layer {name} appears twice")
+        seen.add(name)
+        for key in ("params", "macs"):
+            value = layer.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DataError(f"sensitivity: layer {name}: {key!r} must be a non-negative integer (got {value!r})")
+        omega = layer.get("omega")
+        missing = [b for b in bit_choices if not isinstance(omega, dict) or str(b) not in omega]
+        if missing:
+            raise DataError(f"sensitivity: layer {name} has no omega for {missing[0]} bits")
+        bad = [b for b in bit_choices
+               if not isinstance(omega[str(b)], (int, float)) or not math.isfinite(omega[str(b)])]
+        if bad:
+            raise DataError(f"sensitivity: layer {name}: omega at {bad[0]} bits is not a finite number")
+    return layers
+
+
+def _groups(names: list[str], ties: list) -> list[list[int]]:
+    """Layer indices grouped by ties (transitively), in order of first layer."""
+    index = {n: i for i, n in enumerate(names)}
+    parent = list(range(len(names)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for tie in ties:
+        if not isinstance(tie, (list, tuple)) or len(tie) < 2:
+            raise DataError(f"sensitivity: a tie must list at least two layer names (got {tie!r})")
+        unknown = [n for n in tie if n not in index]
+        if unknown:
+            raise DataError(f"sensitivity: tie names {unknown[0]!r}, which is not a layer")
+        for other in tie[1:]:
+            a, b = root(index[tie[0]]), root(index[other])
+            parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(names)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def totals(layers: list[dict], bits: dict[str, int]) -> tuple[float, int]:
+    """Size in bytes and BOPS of an allocation."""
+    size = sum(layer["params"] * bits[layer["name"]] for layer in layers) / 8
+    bops = sum(layer["macs"] * bits[layer["name"]] ** 2 for layer in layers)
+    return size, bops
+
+
+def _add_budget(prob, name: str, coef: dict[tuple[int, int], int], cap: int, x) -> None:
+    """Add sum coef * x <= cap (integers), scaled by an exact power of two for CBC's numerics.
+
+    The row is scaled so its largest coefficient is about 2^10, by at most 2^-22, and its bound is
+    cap + 1/2: CBC's 1e-7 feasibility tolerance then stays below half a unit of the integer total,
+    so the scaled row admits exactly the integer totals <= cap.
+    """
+    k = min(22, max(0, math.ceil(math.log2(max(max(coef.values()), 1) / 1024))))
+    s = 2.0 ** -k
+    prob += pulp.lpSum(c * s * x[g][j] for (g, j), c in coef.items()) <= (cap + 0.5) * s, name
+
+
+def _limit(kind: str, unit: str, absolute, lam, lo: float, hi: float) -> float | None:
+    """The absolute limit from either an absolute value or a lambda between `lo` and `hi`."""
+    if absolute is not None and lam is not None:
+        raise ParamsError(f"give either a {kind} limit or a {kind} lambda, not both")
+    if lam is not None:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 1:
+            raise ParamsError(f"{kind} lambda must be a number in [0, 1] (got {lam!r})")
+        return lo + lam * (hi - lo)
+    if absolute is not None and (isinstance(absolute, bool) or not isinstance(absolute, (int, float))
+                                 or not absolute >= 0):
+        raise ParamsError(f"{kind} limit must be a number of {unit} >= 0 (got {absolute!r})")
+    return absolute
+
+
+def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, size_lambda: float | None = None,
+          bops_limit: float | None = None, bops_lambda: float | None = None,
+          pins: dict[str, int] | None = None) -> dict:
+    """Optimal bit width per layer under the limits; raises IlpInfeasible naming the smallest feasible limit."""
+    choices = list(bit_choices)
+    if not choices or len(set(choices)) != len(choices) or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in choices):
+        raise ParamsError(f"bit choices must be distinct positive integers (got {choices!r})")
+    layers = _check_sensitivity(sens, choices)
+    names = [layer["name"] for layer in layers]
+    pins = dict(pins or {})
+    for name, b in pins.items():
+        if name not in names:
+            raise ParamsError(f"pin names {name!r}, which is not a layer of the sensitivity file")
+        if b not in choices:
+            raise ParamsError(f"pin {name}={b}: {b} is not one of the bit choices {choices}")
+    groups = _groups(names, sens.get("ties", []))
+
+    group_pin: list[int | None] = []
+    for group in groups:
+        pinned = {pins[names[i]] for i in group if names[i] in pins}
+        if len(pinned) > 1:
+            members = ", ".join(names[i] for i in group)
+            raise ParamsError(f"tied layers {members} are pinned to different widths {sorted(pinned)}")
+        group_pin.append(pinned.pop() if pinned else None)
+
+    lo_b, hi_b = min(choices), max(choices)
+    size_range = totals(layers, dict.fromkeys(names, lo_b))[0], totals(layers, dict.fromkeys(names, hi_b))[0]
+    bops_range = totals(layers, dict.fromkeys(names, lo_b))[1], totals(layers, dict.fromkeys(names, hi_b))[1]
+    size_cap = _limit("size", "bytes", size_limit, size_lambda, *size_range)
+    bops_cap = _limit("BOPS", "operations", bops_limit, bops_lambda, *bops_range)
+
+    # Both totals grow with every width, so the cheapest allocation under pins and ties (unpinned
+    # groups at the lowest width) is the minimum of each; the budget is feasible iff it fits.
+    cheapest = {names[i]: (pin if pin is not None else lo_b) for group, pin in zip(groups, group_pin) for i in group}
+    size_min, bops_min = totals(layers, cheapest)
+    problems = []
+    if size_cap is not None and size_min * 8 > _floor(size_cap * 8):
+        lam = "" if size_lambda is None else f" (lambda {size_lambda:g}; smallest feasible lambda " \
+            f"{(size_min - size_range[0]) / max(size_range[1] - size_range[0], 1e-300):.4g})"
+        problems.append(f"size limit {_fmt(size_cap)} B{lam} is infeasible with the pinned/tied layers; "
+                        f"the smallest feasible size is {_fmt(size_min)} B")
+    if bops_cap is not None and bops_min > _floor(bops_cap):
+        lam = "" if bops_lambda is None else f" (lambda {bops_lambda:g}; smallest feasible lambda " \
+            f"{(bops_min - bops_range[0]) / max(bops_range[1] - bops_range[0], 1e-300):.4g})"
+        problems.append(f"BOPS limit {_fmt(bops_cap)}{lam} is infeasible with the pinned/tied layers; "
+                        f"the smallest feasible BOPS is {bops_min}")
+    if problems:
+        raise IlpInfeasible("; ".join(problems))
+
+    # Objective per (group, choice), shifted by the group's minimum and scaled to [0, OBJECTIVE_SCALE];
+    # neither changes the argmin.
+    cost = [[sum(layers[i]["omega"][str(b)] for i in group) for b in choices] for group in groups]
+    shifted = [[c - min(row) for c in row] for row in cost]
+    scale = OBJECTIVE_SCALE / (max(max(row) for row in shifted) or 1.0)
+    params = [sum(layers[i]["params"] for i in group) for group in groups]
+    macs = [sum(layers[i]["macs"] for i in group) for group in groups]
+    pairs = [(g, j) for g in range(len(groups)) for j in range(len(choices))]
+
+    prob = pulp.LpProblem("bit_allocation", pulp.LpMinimize)
+    x = [[prob.add_variable(f"x_{g}_{j}", cat=pulp.LpBinary) for j in range(len(choices))]
+         for g in range(len(groups))]
+    prob += pulp.lpSum(shifted[g][j] * scale * x[g][j] for g, j in pairs)
+    for g, pin in enumerate(group_pin):
+        prob += pulp.lpSum(x[g]) == 1, f"one_width_{g}"
+        if pin is not None:
+            prob += x[g][choices.index(pin)] == 1, f"pin_{g}"
+    if size_cap is not None:  # in bits
+        _add_budget(prob, "size", {(g, j): params[g] * choices[j] for g, j in pairs}, _floor(size_cap * 8), x)
+    if bops_cap is not None:
+        _add_budget(prob, "bops", {(g, j): macs[g] * choices[j] ** 2 for g, j in pairs}, _floor(bops_cap), x)
+
+    start = time.perf_counter()
+    prob.solve(pulp.PULP_CBC_CMD(msg=False, options=["preprocess off"]))
+    solve_time = time.perf_counter() - start
+    status = pulp.LpStatus[prob.status]
+    if status != "Optimal":
+        raise IlpError(f"CBC ended with status {status} on a budget that the pre-check found feasible")
+
+    bits = {}
+    for g, group in enumerate(groups):
+        values = [x[g][j].value() or 0.0 for j in range(len(choices))]
+        chosen = [j for j, v in enumerate(values) if abs(v - 1) < 1e-6]
+        if len(chosen) != 1 or any(abs(v) > 1e-6 for j, v in enumerate(values) if j != chosen[0]):
+            raise IlpError(f"CBC returned non-binary widths {values} for layer {names[group[0]]}")
+        for i in group:
+            bits[names[i]] = choices[chosen[0]]
+    bits = {n: bits[n] for n in names}
+    size, bops = totals(layers, bits)
+    if (size_cap is not None and size * 8 > _floor(size_cap * 8)) or \
+            (bops_cap is not None and bops > _floor(bops_cap)):
+        raise IlpError(f"CBC returned an allocation over budget (size {_fmt(size)} B, BOPS {bops})")
+    objective = sum(layer["omega"][str(bits[layer["name"]])] for layer in layers)
+    log.info("ILP: %d layers (%d groups), objective %.6g, size %s B, BOPS %d, %.3f s",
+             len(layers), len(groups), objective, _fmt(size), bops, solve_time)
+    return {
+        "bits": bits,
+        "objective": objective,
+        "size_bytes": size,
+        "bops": bops,
+        "size_limit": size_cap,
+        "size_lambda": size_lambda,
+        "bops_limit": bops_cap,
+        "bops_lambda": bops_lambda,
+        "size_range": list(size_range),
+        "bops_range": list(bops_range),
+        "bit_choices": choices,
+        "pins": pins,
+        "solve_time_s": solve_time,
+        "status": status,
+    }
+
+
+def _pin(text: str) -> tuple[str, int]:
+    name, sep, bits = text.rpartition("=")
+    if not sep or not name or not bits.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=BITS, got {text!r}")
+    return name, int(bits)
+
+
+def cli(argv=None) -> argparse.Namespace:
+    """Parse the command line of `python -m pipelines.ilp`."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.ilp", description=__doc__.splitlines()[0])
+    parser.add_argument("--sensitivity", required=True, type=Path, help="per-layer sensitivity JSON")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the allocation JSON")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--size-limit", type=float, metavar="BYTES", help="model size limit in bytes")
+    size.add_argument("--size-lambda", type=float, metavar="X",
+                      help="size limit between all-lowest (0) and all-highest (1) bits")
+    bops = parser.add_mutually_exclusive_group()
+    bops.add_argument("--bops-limit", type=float, metavar="N", help="BOPS limit")
+    bops.add_argument("--bops-lambda", type=float, metavar="X",
+                      help="BOPS limit between all-lowest (0) and all-highest (1) bits")
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 8], help="bit-width choices (default: 4 8)")
+    parser.add_argument("--pin", type=_pin, action="append", default=[], metavar="NAME=BITS",
+                        help="fix a layer's width (repeatable)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Solve the ILP for a sensitivity file and write the allocation; 0 on success, 1 with `error: ...`."""
+    args = cli(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        try:
+            sens = json.loads(args.sensitivity.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{args.sensitivity}: not found (run the sensitivity stage first)") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{args.sensitivity}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        pins = dict(args.pin)
+        if len(pins) != len(args.pin):
+            raise ParamsError("a layer is pinned twice")
+        result = solve(sens, args.bits, size_limit=args.size_limit, size_lambda=args.size_lambda,
+                       bops_limit=args.bops_limit, bops_lambda=args.bops_lambda, pins=pins)
+        write_json(args.out, result)
+    except TinyM2NetError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    log.info("ILP allocation -> %s", args.out)
+    return 0
