@@ -4,7 +4,8 @@ from pathlib import Path
 
 from tinym2net import tracking
 from tinym2net.io import atomic_dir, read_json, write_json
-from tinym2net.metrics import classification_metrics, confusion_png
+from tinym2net.metrics import classification_metrics
+from tinym2net.plots import confusion_png
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features, load_model, predict
 
@@ -20,7 +21,7 @@ def evaluate(params: dict, case: str, root: Path = Path(".")) -> None:
     y = data.y[test].numpy()
     models = {}
     for name in ["fused", *info["modalities"]]:
-        model = load_model(root / "models" / case / f"{name}.pt")
+        model = load_model(root / "models" / case / "fp32" / f"{name}.pt")
         prob = predict(model, data, test, params["evaluate"]["batch_size"])
         models[name] = {**classification_metrics(y, prob), "params": model.param_count()}
         if name == "fused":

@@ -46,7 +46,7 @@ def train(params: dict, case: str, root: Path = Path(".")) -> None:
                              "val_loss": round(best["val_loss"], 4), "val_accuracy": round(best["val_accuracy"], 4)}
             log.info("train %s/%s: %d params, best val acc %.3f at epoch %d", case, name,
                      model.param_count(), best["val_accuracy"], best["epoch"])
-    with atomic_dir(root / "models" / case) as tmp:
+    with atomic_dir(root / "models" / case / "fp32") as tmp:
         for name, (model, modalities) in trained.items():
             save_model(tmp / f"{name}.pt", model, modalities, {m: shapes[m] for m in modalities},
                        len(info["classes"]), cfg)
@@ -57,7 +57,7 @@ def train(params: dict, case: str, root: Path = Path(".")) -> None:
                 writer.writeheader()
                 writer.writerows(history)
     write_json(root / "metrics" / case / "train.json", summary)
-    log.info("train %s: read %s, wrote models/%s and metrics/%s", case, features, case, case)
+    log.info("train %s: read %s, wrote models/%s/fp32 and metrics/%s", case, features, case, case)
 
 
 if __name__ == "__main__":

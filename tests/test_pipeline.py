@@ -48,10 +48,12 @@ def repo(tmp_path_factory, repo_root, small_params):
     return path, env, first
 
 
+STAGES = ["fetch", "slice", "featurize", "train", "evaluate", "sensitivity", "ilp", "quantize"]
+
+
 def test_first_repro_runs_every_stage_for_both_cases(repo):
     path, env, first = repo
-    stages = ["fetch", "slice", "featurize", "train", "evaluate"]
-    assert ran_stages(first) == {f"{s}@{c}" for s in stages for c in ("covid", "battlefield")}
+    assert ran_stages(first) == {f"{s}@{c}" for s in STAGES for c in ("covid", "battlefield")} | {"report"}
     for case, models in {"covid": {"fused", "cough", "speech"}, "battlefield": {"fused", "image", "audio"}}.items():
         result = json.loads((path / "metrics" / case / "evaluate.json").read_text())
         assert set(result["models"]) == models
@@ -93,12 +95,40 @@ def test_runs_are_tracked_in_mlflow_with_lineage(repo):
     assert "fused_accuracy" in evaluate.data.metrics
 
 
-def test_second_repro_reruns_nothing_and_a_train_param_reruns_only_train_onwards(repo):
+def test_quantized_variants_and_report(repo):
+    path, env, _ = repo
+    for case in ("covid", "battlefield"):
+        sens = json.loads((path / "models" / case / "sensitivity.json").read_text())
+        assert sens["ties"] and all(set(l["omega"]) == {"4", "8"} for l in sens["layers"])
+        bits = json.loads((path / "models" / case / "bits.json").read_text())
+        assert bits["size_bytes"] <= bits["size_limit"] and set(bits["bits"].values()) <= {4, 8}
+        result = json.loads((path / "metrics" / case / "quantize.json").read_text())
+        v = result["variants"]
+        assert {"fp32", "w8a8", "mp", "w4a4"} <= set(v)
+        assert v["fp32"]["size_kib"] > v["w8a8"]["size_kib"] > v["mp"]["size_kib"] > v["w4a4"]["size_kib"]
+        assert all((path / "models" / case / "quantized" / f"{name}.pt").is_file() for name in v)
+        assert result["pareto"] and (path / "metrics" / case / "quantize" / "pareto.csv").is_file()
+    report = (path / "reports" / "results.md").read_text()
+    assert "## covid" in report and "## battlefield" in report and "| W8A8 |" in report and "89.6" in report
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["tinym2net-battlefield"], output_format="list")
+    parent = next(r for r in runs if r.info.run_name == "quantize-battlefield")
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"fp32", "w8a8", "mp", "w4a4"} <= set(children)
+    assert children["mp"].data.params["bits.head.out"] == "8" and "size_kib" in children["mp"].data.metrics
+
+
+def test_second_repro_reruns_nothing_and_a_param_reruns_only_its_stage_onwards(repo):
     path, env, _ = repo
     again = run(["dvc", "repro"], path, env)
     assert ran_stages(again) == set(), again
     params = yaml.safe_load((path / "params.yaml").read_text())
+    params["ilp"]["size_lambda"] = 0.6
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], path, env)
+    assert ran_stages(changed) == {"ilp@covid", "ilp@battlefield", "quantize@covid", "quantize@battlefield", "report"}
     params["train"]["covid"]["lr"] = 0.002
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], path, env)
-    assert ran_stages(changed) == {"train@covid", "evaluate@covid"}
+    assert ran_stages(changed) == {"train@covid", "evaluate@covid", "sensitivity@covid", "ilp@covid",
+                                   "quantize@covid", "report"}

@@ -13,10 +13,10 @@ from .errors import TinyM2NetError
 log = logging.getLogger("tinym2net")
 
 
-def run_stage(name: str, body: Callable[[dict, str], None], argv=None) -> None:
+def run_stage(name: str, body: Callable[[dict, str], None], argv=None, case_optional: bool = False) -> None:
     """Parse `--case`, load params.yaml, run `body(params, case)`; a TinyM2NetError is one line, exit 1."""
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}")
-    parser.add_argument("--case", required=True, help="case study key in params.yaml `cases`")
+    parser.add_argument("--case", required=not case_optional, help="case study key in params.yaml `cases`")
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -24,9 +24,10 @@ def run_stage(name: str, body: Callable[[dict, str], None], argv=None) -> None:
     start = time.perf_counter()
     try:
         params = load_params(args.params)
-        case_info(params, args.case)
+        if args.case is not None:
+            case_info(params, args.case)
         body(params, args.case)
     except TinyM2NetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    log.info("%s %s finished in %.1f s", name, args.case, time.perf_counter() - start)
+    log.info("%s %s finished in %.1f s", name, args.case or "", time.perf_counter() - start)

@@ -72,6 +72,8 @@ def stage_run(stage: str, case: str, root: Path = Path(".")):
     set_experiment(case, root)
     tags = {"stage": stage, "case": case, "git_commit": git_commit(Path(root))}
     tags.update({f"dvc.dep.{path}": md5 for path, md5 in dvc_dependency_hashes(f"{stage}@{case}", Path(root)).items()})
+    if os.environ.get("TINYM2NET_FLOW_RUN_ID"):  # set by the Prefect flows (pipelines/flows.py)
+        tags["prefect.flow_run_id"] = os.environ["TINYM2NET_FLOW_RUN_ID"]
     with mlflow.start_run(run_name=f"{stage}-{case}", tags=tags) as run:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, run.info.run_name, tracking_uri(root))
         yield run

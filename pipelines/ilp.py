@@ -1,0 +1,47 @@
+"""Stage `ilp`: bit width per layer under size and BOPS budgets -> models/<case>/bits.json.
+
+Also a standalone tool for any network's cost file (the sensitivity.json format):
+    python -m pipelines.ilp --sensitivity FILE --out FILE [--size-lambda 0.5 | --size-limit BYTES] ...
+"""
+import sys
+from pathlib import Path
+
+from tinym2net import ilp
+from tinym2net.config import section
+from tinym2net.io import read_json, write_json
+from tinym2net.stage import log, run_stage
+
+
+def pins(layers: list[dict], bits: int | None) -> dict[str, int]:
+    """The first convolution of every branch and the output layer, pinned at `bits`."""
+    if not bits:
+        return {}
+    names = [l["name"] for l in layers]
+    firsts = {n for n in names if n.startswith("branches.") and ".features.conv1." in n}
+    return {n: bits for n in [*sorted(firsts), names[-1]]}
+
+
+def allocate(params: dict, sens: dict, size_lambda=None) -> dict:
+    """Solve the ILP with params.yaml's `ilp` settings (optionally another size lambda)."""
+    cfg = section(params, "ilp")
+    size = {"size_limit": cfg.get("size_limit"), "size_lambda": cfg.get("size_lambda")}
+    if size_lambda is not None:
+        size = {"size_limit": None, "size_lambda": size_lambda}
+    return ilp.solve(sens, cfg["bit_choices"], **size, bops_limit=cfg.get("bops_limit"),
+                     bops_lambda=cfg.get("bops_lambda"), pins=pins(sens["layers"], cfg.get("pin_bits")))
+
+
+def ilp_stage(params: dict, case: str, root: Path = Path(".")) -> None:
+    sens = read_json(root / "models" / case / "sensitivity.json")
+    result = allocate(params, sens)
+    out = root / "models" / case / "bits.json"
+    write_json(out, result)
+    log.info("ilp %s: %s; size %.1f KiB, %.3g BOPS in %.2f s; wrote %s", case,
+             ", ".join(f"{b} bits: {list(result['bits'].values()).count(b)} layers" for b in params["ilp"]["bit_choices"]),
+             result["size_bytes"] / 1024, result["bops"], result["solve_time_s"], out)
+
+
+if __name__ == "__main__":
+    if "--sensitivity" in sys.argv[1:]:
+        raise SystemExit(ilp.main(sys.argv[1:]))
+    run_stage("ilp", ilp_stage)
