@@ -23,13 +23,15 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 def git_commit(root: Path) -> str:
-    """HEAD's commit, suffixed `-dirty` when the work tree has uncommitted changes."""
+    """HEAD's commit, suffixed `-dirty` when tracked files other than pipeline outputs have changed."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return "none"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    # DVC rewrites dvc.lock, metrics, reports and .gitignore files during `dvc repro` itself
+    outputs = [":!dvc.lock", ":!metrics", ":!reports", ":!models", ":(glob,exclude)**/.gitignore"]
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", *outputs).stdout.strip()
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 

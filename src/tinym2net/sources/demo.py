@@ -9,7 +9,9 @@ positives, and only the two together find (nearly) all of them.
 battlefield: H.264/AAC mp4 videos, several per class. The picture tells helicopter (sky, flying
 object) and tank (ground, vehicle) apart but draws bomb and gun from one identical process
 (smoke and flashes); the sound tells bomb (long booms) and gun (rapid clicks) apart but draws
-helicopter and tank from one identical engine-rumble process.
+helicopter and tank from one identical engine-rumble process. In 10% of the frames smoke hides
+the picture and in 10% of the seconds noise drowns the sound, independently, so even the fused
+model cannot tell every second.
 """
 from __future__ import annotations
 
@@ -175,7 +177,8 @@ def _scene(rng: np.random.Generator, visual: str, frames: int, size: int) -> np.
                 cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.2)
                 flash = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2))[..., None]
                 img = img * (1 - flash) + flash * np.array([1.0, 0.65, 0.2])
-        smoke, tint = rng.uniform(0, 0.5), rng.uniform(-0.08, 0.08, 3)
+        # thick smoke hides the scene in 10% of the frames
+        smoke, tint = (rng.uniform(0.85, 0.95) if rng.random() < 0.1 else rng.uniform(0, 0.5)), rng.uniform(-0.08, 0.08, 3)
         img = (1 - smoke) * img + smoke * 0.5 + tint + rng.normal(0, 0.04, img.shape)
         out[f] = img
     return (np.clip(out, 0, 1) * 255).astype(np.uint8)
@@ -185,7 +188,7 @@ def _soundtrack(rng: np.random.Generator, sound: str, seconds: float, sr: int) -
     """Mono audio of one sound class: 'engine' (helicopter and tank), 'boom' or 'gunfire'.
 
     Loudness, noise and engine pitch are drawn anew every second, so that no trait of a whole
-    video tells videos of one class from those of another."""
+    video tells videos of one class from those of another; 10% of the seconds are drowned in noise."""
     n = int(seconds * sr)
     if sound == "engine":
         out = np.zeros(n)
@@ -212,7 +215,9 @@ def _soundtrack(rng: np.random.Generator, sound: str, seconds: float, sr: int) -
             pos += gap
     out = out / (np.abs(out).max() + 1e-9)
     per_second = np.repeat(rng.uniform(0.3, 0.8, int(np.ceil(seconds))), sr)[:n]
-    noise = np.repeat(rng.uniform(0.01, 0.05, int(np.ceil(seconds))), sr)[:n]
+    # wind or crowd noise drowns the sound in 10% of the seconds
+    loud = rng.random(int(np.ceil(seconds))) < 0.1
+    noise = np.repeat(np.where(loud, rng.uniform(0.6, 1.0, loud.size), rng.uniform(0.01, 0.05, loud.size)), sr)[:n]
     return (per_second * out + noise * rng.standard_normal(n)).astype(np.float32)
 
 
