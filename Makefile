@@ -25,3 +25,9 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Local Prefect server + deployments (prefect.yaml) + process worker, and the MLflow UI on mlflow.db.
+# HOST=0.0.0.0 make ui listens on every interface; PREFECT_PORT / MLFLOW_PORT change the ports.
+.PHONY: ui
+ui: setup
+	scripts/ui.sh

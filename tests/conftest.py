@@ -51,3 +51,46 @@ def venv_env(**extra) -> dict:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update(extra)
     return env
+
+
+PROJECT_FILES = ["dvc.yaml", "pipelines", "src", "pyproject.toml", ".dvcignore", ".gitignore", "prefect.yaml", "scripts"]
+
+
+def run(cmd, cwd, env, timeout: float = 900) -> str:
+    """Run a command; a non-zero exit fails the test with the command's output tail."""
+    import subprocess
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def make_dvc_repo(path: Path, params: dict, env: dict) -> Path:
+    """A fresh git+DVC repository at `path` holding the project files and `params`, committed."""
+    import shutil
+    path.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            shutil.copy(src, path / name)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "ci@example.invalid"],
+                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
+                ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "project"]):
+        run(cmd, path, env)
+    return path
+
+
+def stop_process(proc) -> None:
+    """Terminate a server or worker started by a test, killing it if it does not stop."""
+    import subprocess
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)

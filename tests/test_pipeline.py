@@ -1,25 +1,15 @@
 """End to end: `dvc repro` of both cases on the reduced configuration in a temporary git repository."""
 import json
 import re
-import shutil
 import subprocess
 
 import mlflow
 import pytest
 import yaml
 
-from conftest import venv_env
+from conftest import make_dvc_repo, run, venv_env
 
 pytestmark = pytest.mark.slow
-
-PROJECT_FILES = ["dvc.yaml", "pipelines", "src", "pyproject.toml", ".dvcignore", ".gitignore"]
-
-
-def run(cmd, cwd, env):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
 
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
@@ -29,26 +19,13 @@ def ran_stages(output: str) -> set[str]:
 def repo(tmp_path_factory, repo_root, small_params):
     """A fresh git+DVC repository holding the project and the reduced params, reproduced once."""
     path = tmp_path_factory.mktemp("repo")
-    for name in PROJECT_FILES:
-        src = repo_root / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            shutil.copy(src, path / name)
-    (path / "params.yaml").write_text(yaml.safe_dump(small_params, sort_keys=False))
     env = venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{path / 'mlflow.db'}", PYTHONPATH=str(path))
-    run(["git", "init", "-q", "-b", "main"], path, env)
-    run(["git", "config", "user.email", "ci@example.invalid"], path, env)
-    run(["git", "config", "user.name", "ci"], path, env)
-    run(["dvc", "init", "-q"], path, env)
-    run(["dvc", "config", "core.analytics", "false"], path, env)
-    run(["git", "add", "-A"], path, env)
-    run(["git", "commit", "-q", "-m", "project"], path, env)
+    make_dvc_repo(path, small_params, env)
     first = run(["dvc", "repro"], path, env)
     return path, env, first
 
 
-STAGES = ["fetch", "slice", "featurize", "train", "evaluate", "sensitivity", "ilp", "quantize"]
+STAGES = ["fetch", "slice", "featurize", "train", "evaluate", "sensitivity", "ilp", "quantize", "export", "benchmark"]
 
 
 def test_first_repro_runs_every_stage_for_both_cases(repo):
@@ -126,9 +103,10 @@ def test_second_repro_reruns_nothing_and_a_param_reruns_only_its_stage_onwards(r
     params["ilp"]["size_lambda"] = 0.6
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], path, env)
-    assert ran_stages(changed) == {"ilp@covid", "ilp@battlefield", "quantize@covid", "quantize@battlefield", "report"}
+    after_ilp = {"ilp", "quantize", "export", "benchmark"}
+    assert ran_stages(changed) == {f"{s}@{c}" for s in after_ilp for c in ("covid", "battlefield")} | {"report"}
     params["train"]["covid"]["lr"] = 0.002
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], path, env)
-    assert ran_stages(changed) == {"train@covid", "evaluate@covid", "sensitivity@covid", "ilp@covid",
-                                   "quantize@covid", "report"}
+    after_train = {"train", "evaluate", "sensitivity", "ilp", "quantize", "export", "benchmark"}
+    assert ran_stages(changed) == {f"{s}@covid" for s in after_train} | {"report"}

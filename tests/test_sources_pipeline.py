@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import venv_env
-from test_pipeline import PROJECT_FILES, ran_stages, run
+from conftest import make_dvc_repo, run, venv_env
+from test_pipeline import ran_stages
 from test_source_youtube import _Handler
 from tinym2net import media
 from tinym2net.config import merge
@@ -43,24 +43,9 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def repo(base, repo_root, small_params):
     """A fresh git+DVC repository holding the project; each test sets its source and reproduces."""
-    path = base / "repo"
-    path.mkdir()
-    for name in PROJECT_FILES:
-        src = repo_root / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif src.exists():
-            shutil.copy(src, path / name)
     params = merge(small_params, SMALL)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{base / 'mlflow.db'}", PYTHONPATH=str(path))
-    run(["git", "init", "-q", "-b", "main"], path, env)
-    run(["git", "config", "user.email", "ci@example.invalid"], path, env)
-    run(["git", "config", "user.name", "ci"], path, env)
-    run(["dvc", "init", "-q"], path, env)
-    run(["dvc", "config", "core.analytics", "false"], path, env)
-    run(["git", "add", "-A"], path, env)
-    run(["git", "commit", "-q", "-m", "project"], path, env)
+    env = venv_env(MLFLOW_TRACKING_URI=f"sqlite:///{base / 'mlflow.db'}", PYTHONPATH=str(base / "repo"))
+    path = make_dvc_repo(base / "repo", params, env)
     return path, env, params
 
 

@@ -139,6 +139,7 @@ def slice_video(cfg: dict, case_info: dict, raw_dir: Path, seed: int):
         class_index(row["label"], classes, where)
         start = float(row["start"]) if row["start"] else None
         end = float(row["end"]) if row["end"] else None
+        offset = float(row.get("offset") or 0.0)  # where this file begins in its source video
         path = raw_dir / row["path"]
         track = media.read_audio(path, sr=sr, start=start, end=end)
         pics = media.read_frames(path, fps=1, size=size, start=start, end=end)
@@ -149,7 +150,7 @@ def slice_video(cfg: dict, case_info: dict, raw_dir: Path, seed: int):
         frames.append(pics[:n])
         audio.append(track[: n * sr].reshape(n, sr))
         for k in range(n):
-            t = (start or 0.0) + k
+            t = offset + (start or 0.0) + k
             samples.append({"subject_id": row["video_id"], "label": row["label"],
                             image_m: base + k, f"{image_m}_time": t, audio_m: base + k, f"{audio_m}_time": t})
     if strategy == "time_blocks":

@@ -62,7 +62,10 @@ def set_experiment(case: str, root: Path):
     mlflow.set_tracking_uri(tracking_uri(root))
     name = f"tinym2net-{case}"
     if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=(Path(root).resolve() / "mlartifacts" / case).as_uri())
+        local = not tracking_uri(root).startswith(("http://", "https://", "databricks"))
+        # a local store keeps artifacts beside it; a tracking server uses its own artifact store
+        location = (Path(root).resolve() / "mlartifacts" / case).as_uri() if local else None
+        mlflow.create_experiment(name, artifact_location=location)
     return mlflow.set_experiment(name)
 
 
@@ -86,5 +89,6 @@ def child_run(parent, name: str):
     """A child run under `parent` (explicit parent id, so it also works from worker threads)."""
     import mlflow
 
-    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent.info.run_id) as run:
+    tags = {k: v for k, v in parent.data.tags.items() if k == "prefect.flow_run_id"}
+    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent.info.run_id, tags=tags) as run:
         yield run

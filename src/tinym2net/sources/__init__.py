@@ -7,9 +7,11 @@ runs one code path whatever the source:
   one row per subject; `label` is a class name from `cases.<case>.classes`, each modality
   column a WAV path relative to the manifest. The recordings may sit in any layout
   (the demo and Coswara sources keep Coswara's `<date>/<participant>/<recording>.wav`).
-- video cases (battlefield): `manifest.csv` with columns `video_id,label,path,start,end`,
-  one row per video segment; `path` relative to the manifest, `start`/`end` in seconds
-  (empty: the whole video).
+- video cases (battlefield): `manifest.csv` with columns `video_id,label,path,start,end,offset`,
+  one row per video segment; `path` relative to the manifest, `start`/`end` in seconds of that
+  file (empty: the whole file). Segments cut from one source video share its `video_id`, and
+  `offset` (optional, default 0) is where the file begins in that video, so that splits by time
+  see one timeline per source video.
 
 A source's signature is `fetch(cfg, case_info, out_dir, seed)`: `cfg` is
 `params.yaml: fetch.<case>`, `case_info` is `cases.<case>`, `out_dir` an empty temporary
@@ -34,7 +36,7 @@ SOURCES = {
 }
 
 MANIFEST = "manifest.csv"
-VIDEO_COLUMNS = ["video_id", "label", "path", "start", "end"]
+VIDEO_COLUMNS = ["video_id", "label", "path", "start", "end", "offset"]
 
 
 def get_fetcher(params: dict, case: str) -> Callable:

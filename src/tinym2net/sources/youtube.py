@@ -99,11 +99,14 @@ def fetch_video(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
                 if isinstance(result, str):
                     failures.append({"url": entry.url, "label": entry.label, "where": entry.where, "error": result})
                     continue
-                vid = _video_id(entry, result["id"])
-                rel = Path("videos") / entry.label / f"{vid}{Path(result['file']).suffix}"
+                name = _video_id(entry, result["id"])
+                rel = Path("videos") / entry.label / f"{name}{Path(result['file']).suffix}"
                 place(cache.files / result["file"], out_dir / rel)
-                rows.append({"video_id": vid, "label": entry.label, "path": rel.as_posix(),
-                             "start": "" if entry.span == "-" else "0", "end": ""})
+                # segments of one YouTube video share its id and keep their time in it, so that
+                # the time-block split keeps neighbouring segments on one side
+                rows.append({"video_id": re.sub(r"[^A-Za-z0-9_-]", "_", result["id"]), "label": entry.label,
+                             "path": rel.as_posix(), "start": "" if entry.span == "-" else "0", "end": "",
+                             "offset": "" if entry.span == "-" else _fmt(entry.start or 0)})
                 videos.append({"url": entry.url, "label": entry.label, "span": entry.span, "id": result["id"],
                                "title": result["title"], "channel": result["channel"],
                                "webpage_url": result["webpage_url"], "file": rel.as_posix(),
@@ -212,6 +215,7 @@ def _bounds(span: str) -> tuple[float, float]:
 
 
 def _video_id(entry: Entry, video: str) -> str:
+    """The file name of one downloaded entry: label, video id and time range."""
     vid = re.sub(r"[^A-Za-z0-9_-]", "_", f"{entry.label}-{video}")
     return vid if entry.span == "-" else f"{vid}-{entry.span.replace('.', 'p')}"
 

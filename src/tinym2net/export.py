@@ -1,0 +1,185 @@
+"""Export a (fake-quantized) TinyM2Net as a deployable `.tm2` artifact for `runtime.py`.
+
+The network is walked in forward order (each branch's layers, flatten, its dense layer; the concat;
+the head) into the artifact's node list. A quantized layer's weights are stored as the exact integers
+the fake quantizer produces (per-channel symmetric, zero point 0), bit-packed at the layer's width,
+with their float32 scales; its input quantizer's scale, zero point and signedness go into the node.
+BatchNorm is folded first, so the artifact holds exactly the arithmetic of the fake-quantized model.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import runtime
+from .errors import ModelFileError
+from .model import TinyM2Net
+from .quant import ActQuant, QConv2d, QLinear, fold_batchnorm, quantizable_layers, weight_scale
+from .training import load_model
+
+log = logging.getLogger(__name__)
+
+
+def rebuild_quantized(fp32: TinyM2Net, bits: dict[str, int] | None, state_dict: dict) -> TinyM2Net:
+    """The model saved by the quantize stage: `fp32`'s architecture, BN folded, layers in `bits`
+    fake-quantized, with the saved weights and frozen activation quantizers."""
+    model = fold_batchnorm(_copy(fp32)).eval() if bits else _copy(fp32).eval()
+    if bits:
+        for name, layer in quantizable_layers(model).items():
+            if name in bits:
+                qcls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, child,
+                        qcls.from_float(layer, bits[name]))
+    model.load_state_dict(state_dict)
+    for module in model.modules():
+        if isinstance(module, ActQuant):
+            module.observing, module.batches = False, max(module.batches, 1)
+    return model.eval()
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+    return copy.deepcopy(model)
+
+
+def load_variant(fp32_path: Path, variant_path: Path) -> tuple[TinyM2Net, dict[str, int] | None]:
+    """Rebuild `models/<case>/quantized/<variant>.pt` on the architecture of `models/<case>/fp32/fused.pt`."""
+    fp32 = load_model(fp32_path)
+    try:
+        blob = torch.load(variant_path, weights_only=True)
+        bits, state = blob["bits"], blob["state_dict"]
+    except FileNotFoundError:
+        raise ModelFileError(f"{variant_path}: not found (run the quantize stage first)") from None
+    except Exception as exc:
+        raise ModelFileError(f"{variant_path}: cannot be read as a quantized model ({type(exc).__name__})") from None
+    try:
+        return rebuild_quantized(fp32, bits, state), bits
+    except (RuntimeError, KeyError, AttributeError) as exc:
+        raise ModelFileError(f"{variant_path}: does not match the architecture of {fp32_path} "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+
+
+def _pads(conv: nn.Conv2d) -> list[int]:
+    """ONNX pads [top, left, bottom, right] equal to torch's padding (ints, 'valid' or 'same')."""
+    if conv.padding == "valid":
+        return [0, 0, 0, 0]
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return [t // 2 for t in total] + [t - t // 2 for t in total]
+    return list(conv.padding) * 2
+
+
+class _Graph:
+    """Collects artifact nodes and tensors while the model is walked."""
+
+    def __init__(self):
+        self.nodes: list[dict] = []
+        self.tensors: dict[str, tuple[np.ndarray, str]] = {}
+
+    def add(self, op: str, inputs: list[str], output: str, **fields) -> str:
+        self.nodes.append({"op": op, "inputs": inputs, "output": output, **fields})
+        return output
+
+    def layer(self, name: str, module: nn.Module, x: str) -> str:
+        """A conv or linear layer: float32 weights, or b-bit integers + per-channel scales + act quantizer."""
+        weight = module.weight.detach().float()
+        fields: dict = {"name": name, "weight": f"{name}.weight", "bits": None, "act": None}
+        bits = getattr(module, "bits", None)
+        if bits is not None:
+            qmax = 2 ** (bits - 1) - 1
+            scale = weight_scale(weight, bits)                                        # (C_out,)
+            shape = (-1,) + (1,) * (weight.dim() - 1)
+            fq = torch.fake_quantize_per_channel_affine(weight, scale, torch.zeros_like(scale, dtype=torch.int32),
+                                                        0, -qmax, qmax)
+            q = torch.round(fq / scale.reshape(shape)).to(torch.int64)               # exact integers
+            self.tensors[f"{name}.weight"] = (q.numpy(), f"int{bits}")
+            self.tensors[f"{name}.weight_scale"] = (scale.numpy(), "float32")
+            act: ActQuant = module.act
+            if act.observing:
+                raise ModelFileError(f"layer {name}: activation quantizer is not calibrated (freeze it first)")
+            fields.update(bits=bits, weight_scale=f"{name}.weight_scale",
+                          act={"bits": act.bits, "scale": float(act.scale), "zero_point": int(act.zero_point),
+                               "signed": bool(act.signed)})
+        else:
+            self.tensors[f"{name}.weight"] = (weight.numpy(), "float32")
+        if module.bias is not None:
+            self.tensors[f"{name}.bias"] = (module.bias.detach().float().numpy(), "float32")
+            fields["bias"] = f"{name}.bias"
+        if isinstance(module, nn.Conv2d):
+            if module.padding_mode != "zeros":
+                raise ModelFileError(f"layer {name}: padding mode {module.padding_mode!r} cannot be exported")
+            fields.update(kernel=list(module.kernel_size), stride=list(module.stride), pads=_pads(module),
+                          dilation=list(module.dilation), group=module.groups)
+            return self.add("conv", [x], name, **fields)
+        return self.add("linear", [x], name, **fields)
+
+    def sequence(self, prefix: str, seq: nn.Module, x: str) -> str:
+        """Every leaf of a Sequential (recursively), in order."""
+        for child_name, child in seq.named_children():
+            name = f"{prefix}.{child_name}"
+            if isinstance(child, nn.Sequential):
+                x = self.sequence(name, child, x)
+            elif isinstance(child, (nn.Conv2d, nn.Linear)):
+                x = self.layer(name, child, x)
+            elif isinstance(child, nn.ReLU):
+                x = self.add("relu", [x], name)
+            elif isinstance(child, nn.MaxPool2d):
+                k, s = child.kernel_size, child.stride or child.kernel_size
+                k, s = ([k, k] if isinstance(k, int) else list(k)), ([s, s] if isinstance(s, int) else list(s))
+                p = child.padding if isinstance(child.padding, int) else None
+                if p is None or child.dilation not in (1, (1, 1)) or child.ceil_mode:
+                    raise ModelFileError(f"layer {name}: only unpadded, undilated floor-mode max pooling exports")
+                x = self.add("maxpool", [x], name, kernel=k, stride=s, pads=[p] * 4)
+            elif isinstance(child, (nn.Dropout, nn.Identity)):
+                continue  # inference: no-ops
+            else:
+                raise ModelFileError(f"layer {name}: {type(child).__name__} cannot be exported "
+                                     f"(fold BatchNorm first; supported: Conv2d, Linear, ReLU, MaxPool2d)")
+        return x
+
+
+def to_artifact(model: TinyM2Net, meta: dict) -> tuple[dict, dict[str, tuple[np.ndarray, str]]]:
+    """The artifact header and tensors of `model` (BN-folded or fake-quantized, eval mode)."""
+    model = fold_batchnorm(_copy(model)).eval()
+    g = _Graph()
+    ends = []
+    for m in model.modalities:
+        branch = model.branches[m]
+        x = g.sequence(f"branches.{m}.features", branch.features, m)
+        with torch.no_grad():
+            shape = branch.features(torch.zeros(1, *meta["input_shapes"][m])).shape[1:]  # (C, H, W)
+        x = g.add("flatten", [x], f"branches.{m}.flatten", shape=list(shape))
+        ends.append(g.sequence(f"branches.{m}.dense", branch.dense, x))
+    x = g.add("concat", ends, "fused") if len(ends) > 1 else ends[0]
+    out = g.sequence("head", model.head, x)
+    inputs = {m: list(branch_shape) for m, branch_shape in meta["input_shapes"].items()}
+    header = {"format": "tinym2net", "case": meta.get("case"), "variant": meta.get("variant"),
+              "classes": list(meta["classes"]), "inputs": {m: inputs[m] for m in model.modalities},
+              "bits": meta.get("bits"), "nodes": g.nodes, "output": out}
+    return header, g.tensors
+
+
+def export(model: TinyM2Net, path: Path, *, case: str, variant: str, classes: list[str],
+           input_shapes: dict[str, tuple], bits: dict[str, int] | None) -> int:
+    """Write `model` to `path` as a `.tm2` artifact; returns its size in bytes."""
+    header, tensors = to_artifact(model, {"case": case, "variant": variant, "classes": classes,
+                                          "input_shapes": input_shapes, "bits": bits})
+    size = runtime.write_artifact(path, header, tensors)
+    log.info("exported %s/%s: %d nodes, %d bytes", case, variant, len(header["nodes"]), size)
+    return size
+
+
+def weight_payload_bytes(model: TinyM2Net, bits: dict[str, int] | None) -> int:
+    """What the artifact must hold: sum(params x bits)/8 per layer plus float32 scales and biases."""
+    total = 0
+    for name, module in quantizable_layers(fold_batchnorm(_copy(model))).items():
+        b = (bits or {}).get(name)
+        n = module.weight.numel()
+        total += runtime.packed_nbytes(n, b) + 4 * module.weight.shape[0] if b else 4 * n
+        total += 4 * module.bias.numel() if module.bias is not None else 0
+    return total
