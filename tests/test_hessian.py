@@ -10,19 +10,12 @@ from tinym2net.hessian import hutchinson_traces, layer_macs, sensitivity, ties
 from tinym2net.model import build
 from tinym2net.quant import quantizable_layers
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CFG = {"branches": {"a": {"padding": "same", "layers": [["conv", 2, 3], ["sepconv", 3, 3], ["maxpool", 2]], "dense": 4},
                     "b": {"padding": "valid", "layers": [["conv", 2, 3]], "dense": 3}},
        "head": [4], "dropout": 0.2}
 SHAPES = {"a": (1, 6, 6), "b": (1, 5, 4)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny autograd graphs run ~40x faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(seed=0):

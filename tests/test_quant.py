@@ -12,20 +12,13 @@ from tinym2net.model import build
 from tinym2net.quant import (ActQuant, QConv2d, QLinear, fake_quant_weight, fold_batchnorm, fold_bn,
                              packed_size_bytes, qat_finetune, quantizable_layers, quantize_model)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CFG = {"branches": {"a": {"padding": "same", "layers": [["conv", 2, 3], ["sepconv", 3, 3], ["maxpool", 2]], "dense": 4},
                     "b": {"padding": "valid", "layers": [["conv", 2, 3]], "dense": 3}},
        "head": [4], "dropout": 0.0}  # dropout on 4-unit layers only makes the tiny model's training erratic
 SHAPES = {"a": (1, 6, 6), "b": (1, 5, 4)}
 N_CLASSES = 3
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny graphs run far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(seed=0):
