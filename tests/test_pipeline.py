@@ -5,6 +5,7 @@ import subprocess
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from conftest import make_dvc_repo, run, venv_env
@@ -114,3 +115,25 @@ def test_second_repro_reruns_nothing_and_a_param_reruns_only_its_stage_onwards(r
     after_train = {f"{s}@covid" for s in ("train", "evaluate", "sensitivity", "ilp", "quantize", "export", "benchmark")}
     ran = ran_stages(changed)
     assert {"train@covid", "evaluate@covid"} <= ran <= after_train | {"report"}
+
+
+@pytest.mark.parametrize("case", ["covid", "battlefield"])
+def test_all_8_bit_demo_model_is_within_one_point_of_fp32(repo, case):
+    """Post-training W8A8 (no fine-tuning) of the demo pipeline's fused model, over every sample."""
+    import numpy as np
+
+    from tinym2net.quant import quantize_model
+    from tinym2net.training import Features, load_model, predict
+
+    path, _, _ = repo
+    fp32 = load_model(path / "models" / case / "fp32" / "fused.pt")
+    data = Features(path / "data" / "features" / case / "features.npz", fp32.modalities)
+    rows = np.arange(len(data.y))
+    train = data.rows("train")
+    calib = [(data.batch(train[i:i + 64], fp32.modalities), data.y[train[i:i + 64]]) for i in range(0, len(train), 64)]
+    layers = [n for n, m in fp32.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    w8a8 = quantize_model(fp32, {n: 8 for n in layers}, calib)
+    y = data.y.numpy()
+    acc_fp32 = (predict(fp32, data, rows).argmax(1) == y).mean()
+    acc_w8a8 = (predict(w8a8, data, rows).argmax(1) == y).mean()
+    assert abs(acc_w8a8 - acc_fp32) <= 0.01, (acc_fp32, acc_w8a8, len(rows))
