@@ -151,12 +151,12 @@ def test_server_turns_the_crons_into_scheduled_runs(server, deployments):
     on Mondays at 04:00 UTC. (prefect 3.8.8 fails here under SQLAlchemy 2.1: see the message.)"""
     url, _ = server
     for name, weekday, hour in (("nightly", None, "02:00:00"), ("weekly-benchmark", 0, "04:00:00")):
-        try:
-            api(f"{url}/deployments/{deployments[name]['id']}/schedule", {"min_runs": 3, "max_runs": 3}, retries=0)
+        try:  # a 503 (SQLite busy while the server's own scheduler writes) is retried by api()
+            api(f"{url}/deployments/{deployments[name]['id']}/schedule", {"min_runs": 3, "max_runs": 3}, retries=8)
         except urllib.error.HTTPError as exc:
             import sqlalchemy
-            pytest.fail(f"the Prefect server cannot schedule runs (HTTP {exc.code}) with SQLAlchemy "
-                        f"{sqlalchemy.__version__}: prefect 3.8.8 needs SQLAlchemy 2.0.x (pin SQLAlchemy==2.0.54)")
+            pytest.fail(f"the Prefect server cannot schedule runs (HTTP {exc.code}: {exc.read()[:300]!r}) with "
+                        f"SQLAlchemy {sqlalchemy.__version__}: prefect 3.8.8 needs SQLAlchemy 2.0.x (2.0.54 is pinned)")
         runs = api(f"{url}/flow_runs/filter", {"limit": 10, "offset": 0, "flow_runs": {
             "deployment_id": {"any_": [deployments[name]["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}})
         starts = [datetime.fromisoformat(r["expected_start_time"].replace("Z", "+00:00")) for r in runs]
