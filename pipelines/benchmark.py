@@ -7,7 +7,7 @@ from pathlib import Path
 from tinym2net import bench, tracking
 from tinym2net.config import choice, section
 from tinym2net.errors import ModelFileError
-from tinym2net.io import read_json, write_json
+from tinym2net.io import ordered_stems, write_json
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features
 
@@ -15,12 +15,10 @@ from tinym2net.training import Features
 def artifact_names(root: Path, case: str) -> list[str]:
     """The exported variants, in the export stage's order."""
     folder = root / "models" / case / "artifacts"
-    found = sorted(p.stem for p in folder.glob("*.tm2"))
+    found = ordered_stems(folder, ".tm2", root / "metrics" / case / "export.json")
     if not found:
         raise ModelFileError(f"{folder}: no .tm2 artifacts (run the export stage first)")
-    summary = root / "metrics" / case / "export.json"
-    order = list(read_json(summary)["variants"]) if summary.is_file() else []
-    return [v for v in order if v in found] + [v for v in found if v not in order]
+    return found
 
 
 def write_testset(root: Path, case: str, modalities: list[str], path: Path) -> int:

@@ -9,7 +9,7 @@ from tinym2net.config import get, section
 from tinym2net.errors import ModelFileError, ParamsError
 from tinym2net.export import export as export_model
 from tinym2net.export import load_variant, weight_payload_bytes
-from tinym2net.io import atomic_dir, read_json, write_json
+from tinym2net.io import atomic_dir, ordered_stems, write_json
 from tinym2net.quant import packed_size_bytes
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features, predict
@@ -18,12 +18,9 @@ from tinym2net.training import Features, predict
 def variant_names(root: Path, case: str, wanted) -> list[str]:
     """The variants to export: `export.variants`, or every one the quantize stage wrote (in its order)."""
     qdir = root / "models" / case / "quantized"
-    found = sorted(p.stem for p in qdir.glob("*.pt"))
+    found = ordered_stems(qdir, ".pt", root / "metrics" / case / "quantize.json")
     if not found:
         raise ModelFileError(f"{qdir}: no quantized models (run the quantize stage first)")
-    summary = root / "metrics" / case / "quantize.json"
-    order = list(read_json(summary)["variants"]) if summary.is_file() else []
-    found = [v for v in order if v in found] + [v for v in found if v not in order]
     if wanted is None:
         return found
     missing = [v for v in wanted if v not in found]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import free_port, venv_env
+from conftest import free_port, stop_process, venv_env
 from tinym2net import bench
 from tinym2net.config import merge
 from tinym2net.errors import ParamsError
@@ -138,18 +138,6 @@ def healthy(url: str) -> bool:
         return False
 
 
-def stop(proc, log):
-    if proc is None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    log.close()
-
-
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     """A real Prefect server on loopback; its API URL."""
@@ -165,7 +153,8 @@ def prefect_server(tmp_path_factory):
         wait_for(lambda: healthy(url), 120, "prefect server", home / "server.log", server)
         yield url, home
     finally:
-        stop(server, log)
+        stop_process(server)
+        log.close()
 
 
 def test_pi_runner_end_to_end_through_a_process_worker(project, small_params, prefect_server, tmp_path):
@@ -187,7 +176,8 @@ def test_pi_runner_end_to_end_through_a_process_worker(project, small_params, pr
                                capture_output=True, text=True, timeout=200)
         assert stage.returncode == 0, f"{stage.stderr[-3000:]}\n--- worker ---\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
     finally:
-        stop(worker, worker_log)
+        stop_process(worker)
+        worker_log.close()
     result = json.loads((root / "metrics" / CASE / "benchmark.json").read_text())
     assert result["runner"] == "pi" and result["flow_run"]["work_pool"] == "pi"
     assert list(result["variants"]) == ["fp32", "mp"]

@@ -54,3 +54,10 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
+
+
+def ordered_stems(folder: Path, suffix: str, summary: Path) -> list[str]:
+    """Names of the `*<suffix>` files in `folder`, in the order of `summary`'s "variants", then the rest."""
+    found = sorted(p.stem for p in Path(folder).glob(f"*{suffix}"))
+    order = list(read_json(summary)["variants"]) if Path(summary).is_file() else []
+    return [v for v in order if v in found] + [v for v in found if v not in order]

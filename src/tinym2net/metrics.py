@@ -1,7 +1,6 @@
 """Classification metrics (accuracy, UAR, macro-F1, ROC AUC) and the confusion-matrix image."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
