@@ -36,9 +36,9 @@ def ilp_stage(params: dict, case: str, root: Path = Path(".")) -> None:
     result = allocate(params, sens)
     out = root / "models" / case / "bits.json"
     write_json(out, result)
-    log.info("ilp %s: %s; size %.1f KiB, %.3g BOPS in %.2f s; wrote %s", case,
+    log.info("ilp %s: %s; size %.1f KiB, %.3g BOPS; wrote %s", case,
              ", ".join(f"{b} bits: {list(result['bits'].values()).count(b)} layers" for b in params["ilp"]["bit_choices"]),
-             result["size_bytes"] / 1024, result["bops"], result["solve_time_s"], out)
+             result["size_bytes"] / 1024, result["bops"], out)
 
 
 if __name__ == "__main__":

@@ -272,3 +272,40 @@ def test_cli_round_trip(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: limit and lambda together
         ilp.cli(["--sensitivity", "s", "--out", "o", "--size-limit", "1", "--size-lambda", "0.5"])
     assert ilp.cli(["--sensitivity", "s", "--out", "o", "--pin", "a.b=4", "--pin", "c=8"]).pin == [("a.b", 4), ("c", 8)]
+
+
+def test_extra_linear_budgets_match_brute_force():
+    """A non-monotone per-layer cost (e.g. latency, where a wider kernel can be faster) as a further Budget."""
+    rng = random.Random(99)
+    binding = 0
+    for trial in range(30):
+        choices = [4, 8] if trial % 2 else [2, 4, 8]
+        sens = random_instance(rng, rng.randint(2, 8), choices)
+        sens["ties"] = []
+        names = [l["name"] for l in sens["layers"]]
+        cost = {n: {b: rng.uniform(1, 100) for b in choices} for n in names}
+        combos = list(itertools.product(choices, repeat=len(names)))
+        totals_ = sorted(sum(cost[n][b] for n, b in zip(names, c)) for c in combos)
+        limit = totals_[len(totals_) // 3] + 0.5
+        budget = ilp.Budget("latency", "us", cost, limit, constant=3.0)
+        try:
+            result = solve(sens, choices, budgets=[budget])
+        except IlpInfeasible:
+            pytest.fail("a third of the allocations fit the limit")
+        feasible = [c for c in combos if 3.0 + sum(cost[n][b] for n, b in zip(names, c)) <= limit]
+        best = min(sum(l["omega"][str(b)] for l, b in zip(sens["layers"], c)) for c in feasible)
+        assert result["objective"] == pytest.approx(best, rel=1e-9, abs=1e-12)
+        assert result["budgets"]["latency"]["total"] <= limit
+        unconstrained = solve(sens, choices)["objective"]
+        binding += result["objective"] > unconstrained + 1e-12
+    assert binding >= 5
+
+
+def test_extra_budget_infeasibility_is_named():
+    sens = small()
+    cost = {"a": {4: 5.0, 8: 1.0}, "b": {4: 5.0, 8: 1.0}, "c": {4: 2.0, 8: 2.0}}
+    with pytest.raises(IlpInfeasible, match=r"latency limit 3 us is infeasible .* smallest feasible latency is 4 us$"):
+        solve(sens, budgets=[ilp.Budget("latency", "us", cost, 3.0)])
+    # each limit alone is feasible (latency wants a, b at 8; size 300 B wants them at 4), together not
+    with pytest.raises(IlpInfeasible, match="not together"):
+        solve(sens, size_limit=300, budgets=[ilp.Budget("latency", "us", cost, 4.5)])

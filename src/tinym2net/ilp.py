@@ -1,8 +1,8 @@
 """Mixed-precision bit allocation as an integer linear program (HAWQ-V3), solved with PuLP's bundled CBC.
 
-Minimize sum_i Omega_i^{b_i} subject to model size sum_i params_i * b_i / 8 <= size limit (bytes)
-and BOPS sum_i MACs_i * b_i^2 <= BOPS limit, with tied layers sharing one width and pinned layers
-fixed. One binary per (tie group, bit choice), exactly one chosen per group, so any number of bit
+Minimize sum_i Omega_i^{b_i} subject to model size sum_i params_i * b_i / 8 <= size limit (bytes),
+BOPS sum_i MACs_i * b_i^2 <= BOPS limit and any further linear `Budget` (latency, peak memory),
+with tied layers sharing one width and pinned layers fixed. One binary per (tie group, bit choice), exactly one chosen per group, so any number of bit
 choices works. A limit is absolute or a lambda in [0, 1] between the all-lowest-bit and the
 all-highest-bit totals.
 
@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pulp
@@ -115,16 +116,62 @@ def totals(layers: list[dict], bits: dict[str, int]) -> tuple[float, int]:
     return size, bops
 
 
-def _add_budget(prob, name: str, coef: dict[tuple[int, int], int], cap: int, x) -> None:
-    """Add sum coef * x <= cap (integers), scaled by an exact power of two for CBC's numerics.
+@dataclass(frozen=True)
+class Budget:
+    """A linear limit on an allocation: constant + sum over layers of cost[layer][bits] <= limit.
 
-    The row is scaled so its largest coefficient is about 2^10, by at most 2^-22, and its bound is
-    cap + 1/2: CBC's 1e-7 feasibility tolerance then stays below half a unit of the integer total,
-    so the scaled row admits exactly the integer totals <= cap.
+    Size and BOPS are two of them; so is a latency table (seconds per layer and width) or one step
+    of a peak-memory schedule (the live buffers at that step, each at the width of the layer that
+    reads it). `step`: totals are exact multiples of it (size: 1/8 B, BOPS: 1), so the row is
+    solved in integers; None: a real-valued total, compared with a relative tolerance of 1e-9.
+    `lam`: the lambda the limit was derived from, for messages.
     """
-    k = min(22, max(0, math.ceil(math.log2(max(max(coef.values()), 1) / 1024))))
+    name: str
+    unit: str
+    cost: dict[str, dict[int, float]]
+    limit: float
+    constant: float = 0.0
+    step: float | None = None
+    lam: float | None = None
+
+    def total(self, bits: dict[str, int]) -> float:
+        return self.constant + sum(c[bits[name]] for name, c in self.cost.items())
+
+    def fits(self, total: float) -> bool:
+        if self.step is not None:
+            return round(total / self.step) <= _floor(self.limit / self.step)
+        return total <= self.limit + 1e-9 * max(1.0, abs(self.limit))
+
+    def describe(self, value: float) -> str:
+        return f"{_fmt(value)}{' ' + self.unit if self.unit else ''}"
+
+
+def size_budget(layers: list[dict], limit: float, lam: float | None = None) -> Budget:
+    """Packed weight bytes, sum params_i * b_i / 8."""
+    return Budget("size", "B", {l["name"]: {b: l["params"] * b / 8 for b in _widths(l)} for l in layers},
+                  limit, step=1 / 8, lam=lam)
+
+
+def bops_budget(layers: list[dict], limit: float, lam: float | None = None) -> Budget:
+    """Bit operations, sum MACs_i * b_i^2."""
+    return Budget("BOPS", "", {l["name"]: {b: l["macs"] * b * b for b in _widths(l)} for l in layers},
+                  limit, step=1, lam=lam)
+
+
+def _widths(layer: dict) -> list[int]:
+    return [int(b) for b in layer["omega"]]
+
+
+def _add_budget(prob, name: str, coef: dict[tuple[int, int], float], cap: float, x, exact: bool) -> None:
+    """Add sum coef * x <= cap, scaled by an exact power of two for CBC's numerics.
+
+    Exact (integer) rows are scaled so the largest coefficient is about 2^10, by at most 2^-22, with
+    the bound cap + 1/2: CBC's 1e-7 feasibility tolerance then stays below half a unit of the integer
+    total, so the scaled row admits exactly the integer totals <= cap. Real-valued rows are scaled alike.
+    """
+    k = min(22, max(0, math.ceil(math.log2(max(max(abs(c) for c in coef.values()), 1) / 1024))))
     s = 2.0 ** -k
-    prob += pulp.lpSum(c * s * x[g][j] for (g, j), c in coef.items()) <= (cap + 0.5) * s, name
+    prob += pulp.lpSum(c * s * x[g][j] for (g, j), c in coef.items() if c) <= (cap + (0.5 if exact else 0.0)) * s, name
 
 
 def _limit(kind: str, unit: str, absolute, lam, lo: float, hi: float) -> float | None:
@@ -141,10 +188,25 @@ def _limit(kind: str, unit: str, absolute, lam, lo: float, hi: float) -> float |
     return absolute
 
 
+def _check_budget(budget: Budget, names: list[str], choices: list[int]) -> None:
+    unknown = [n for n in budget.cost if n not in names]
+    if unknown:
+        raise ParamsError(f"{budget.name} budget names {unknown[0]!r}, which is not a layer of the sensitivity file")
+    for name, cost in budget.cost.items():
+        missing = [b for b in choices if b not in cost]
+        if missing:
+            raise DataError(f"{budget.name} budget: layer {name} has no cost at {missing[0]} bits")
+        bad = [b for b in choices if not math.isfinite(cost[b])]
+        if bad:
+            raise DataError(f"{budget.name} budget: layer {name}: cost at {bad[0]} bits is not a finite number")
+
+
 def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, size_lambda: float | None = None,
           bops_limit: float | None = None, bops_lambda: float | None = None,
-          pins: dict[str, int] | None = None) -> dict:
-    """Optimal bit width per layer under the limits; raises IlpInfeasible naming the smallest feasible limit."""
+          pins: dict[str, int] | None = None, budgets: list[Budget] | None = None) -> dict:
+    """Optimal bit width per layer under the limits; raises IlpInfeasible naming the smallest feasible limit.
+
+    `budgets`: further linear limits (latency, peak memory, ...) beside size and BOPS."""
     choices = list(bit_choices)
     if not choices or len(set(choices)) != len(choices) or any(
             isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in choices):
@@ -172,22 +234,26 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
     bops_range = totals(layers, dict.fromkeys(names, lo_b))[1], totals(layers, dict.fromkeys(names, hi_b))[1]
     size_cap = _limit("size", "bytes", size_limit, size_lambda, *size_range)
     bops_cap = _limit("BOPS", "operations", bops_limit, bops_lambda, *bops_range)
+    rows = [b for b in ([size_budget(layers, size_cap, size_lambda)] if size_cap is not None else [])
+            + ([bops_budget(layers, bops_cap, bops_lambda)] if bops_cap is not None else [])]
+    for budget in budgets or []:
+        _check_budget(budget, names, choices)
+        rows.append(budget)
 
-    # Both totals grow with every width, so the cheapest allocation under pins and ties (unpinned
-    # groups at the lowest width) is the minimum of each; the budget is feasible iff it fits.
-    cheapest = {names[i]: (pin if pin is not None else lo_b) for group, pin in zip(groups, group_pin) for i in group}
-    size_min, bops_min = totals(layers, cheapest)
+    # Each limit alone: its smallest total under pins and ties is the sum of each group's cheapest
+    # allowed width; the limit is feasible alone iff that fits.
+    allowed = [[pin] if pin is not None else choices for pin in group_pin]
     problems = []
-    if size_cap is not None and size_min * 8 > _floor(size_cap * 8):
-        lam = "" if size_lambda is None else f" (lambda {size_lambda:g}; smallest feasible lambda " \
-            f"{(size_min - size_range[0]) / max(size_range[1] - size_range[0], 1e-300):.4g})"
-        problems.append(f"size limit {_fmt(size_cap)} B{lam} is infeasible with the pinned/tied layers; "
-                        f"the smallest feasible size is {_fmt(size_min)} B")
-    if bops_cap is not None and bops_min > _floor(bops_cap):
-        lam = "" if bops_lambda is None else f" (lambda {bops_lambda:g}; smallest feasible lambda " \
-            f"{(bops_min - bops_range[0]) / max(bops_range[1] - bops_range[0], 1e-300):.4g})"
-        problems.append(f"BOPS limit {_fmt(bops_cap)}{lam} is infeasible with the pinned/tied layers; "
-                        f"the smallest feasible BOPS is {bops_min}")
+    for budget in rows:
+        least = budget.constant + sum(min(sum(budget.cost.get(names[i], {}).get(b, 0.0) for i in group) for b in ok)
+                                      for group, ok in zip(groups, allowed))
+        if not budget.fits(least):
+            lam = ""
+            if budget.lam is not None:
+                lo, hi = size_range if budget.name == "size" else bops_range
+                lam = f" (lambda {budget.lam:g}; smallest feasible lambda {(least - lo) / max(hi - lo, 1e-300):.4g})"
+            problems.append(f"{budget.name} limit {budget.describe(budget.limit)}{lam} is infeasible with the "
+                            f"pinned/tied layers; the smallest feasible {budget.name} is {budget.describe(least)}")
     if problems:
         raise IlpInfeasible("; ".join(problems))
 
@@ -196,8 +262,6 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
     cost = [[sum(layers[i]["omega"][str(b)] for i in group) for b in choices] for group in groups]
     shifted = [[c - min(row) for c in row] for row in cost]
     scale = OBJECTIVE_SCALE / (max(max(row) for row in shifted) or 1.0)
-    params = [sum(layers[i]["params"] for i in group) for group in groups]
-    macs = [sum(layers[i]["macs"] for i in group) for group in groups]
     pairs = [(g, j) for g in range(len(groups)) for j in range(len(choices))]
 
     prob = pulp.LpProblem("bit_allocation", pulp.LpMinimize)
@@ -208,15 +272,24 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
         prob += pulp.lpSum(x[g]) == 1, f"one_width_{g}"
         if pin is not None:
             prob += x[g][choices.index(pin)] == 1, f"pin_{g}"
-    if size_cap is not None:  # in bits
-        _add_budget(prob, "size", {(g, j): params[g] * choices[j] for g, j in pairs}, _floor(size_cap * 8), x)
-    if bops_cap is not None:
-        _add_budget(prob, "bops", {(g, j): macs[g] * choices[j] ** 2 for g, j in pairs}, _floor(bops_cap), x)
+    for k, budget in enumerate(rows):
+        unit = budget.step or 1.0
+        coef = {(g, j): sum(budget.cost.get(names[i], {}).get(choices[j], 0.0) for i in groups[g]) / unit
+                for g, j in pairs}
+        if budget.step is not None:
+            coef = {key: round(c) for key, c in coef.items()}
+            cap = _floor(budget.limit / unit) - round(budget.constant / unit)
+        else:
+            cap = budget.limit - budget.constant + 1e-9 * max(1.0, abs(budget.limit))
+        _add_budget(prob, f"budget_{k}", coef, cap, x, exact=budget.step is not None)
 
     start = time.perf_counter()
     prob.solve(pulp.PULP_CBC_CMD(msg=False, options=["preprocess off"]))
     solve_time = time.perf_counter() - start
     status = pulp.LpStatus[prob.status]
+    if status == "Infeasible":
+        raise IlpInfeasible("the limits are feasible one at a time but not together ("
+                            + ", ".join(f"{b.name} {b.describe(b.limit)}" for b in rows) + "); relax one of them")
     if status != "Optimal":
         raise IlpError(f"CBC ended with status {status} on a budget that the pre-check found feasible")
 
@@ -229,10 +302,11 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
         for i in group:
             bits[names[i]] = choices[chosen[0]]
     bits = {n: bits[n] for n in names}
+    over = [b for b in rows if not b.fits(b.total(bits))]
+    if over:
+        raise IlpError(f"CBC returned an allocation over its {over[0].name} budget "
+                       f"({over[0].describe(over[0].total(bits))} > {over[0].describe(over[0].limit)})")
     size, bops = totals(layers, bits)
-    if (size_cap is not None and size * 8 > _floor(size_cap * 8)) or \
-            (bops_cap is not None and bops > _floor(bops_cap)):
-        raise IlpError(f"CBC returned an allocation over budget (size {_fmt(size)} B, BOPS {bops})")
     objective = sum(layer["omega"][str(bits[layer["name"]])] for layer in layers)
     log.info("ILP: %d layers (%d groups), objective %.6g, size %s B, BOPS %d, %.3f s",
              len(layers), len(groups), objective, _fmt(size), bops, solve_time)
@@ -247,9 +321,10 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
         "bops_lambda": bops_lambda,
         "size_range": list(size_range),
         "bops_range": list(bops_range),
+        "budgets": {b.name: {"limit": b.limit, "total": b.total(bits), "unit": b.unit}
+                    for b in rows if b.name not in ("size", "BOPS")},
         "bit_choices": choices,
         "pins": pins,
-        "solve_time_s": solve_time,
         "status": status,
     }
 
