@@ -243,8 +243,8 @@ def test_export_stage_writes_checked_artifacts_and_logs_them(trained, tmp_path, 
         assert r["size_bytes"] == path.stat().st_size and r["agreement"] >= 0.99
         assert abs(r["overhead"]) < 0.05
     runs = mlflow.search_runs(experiment_names=[f"tinym2net-{CASE}"], output_format="list")
-    parent = next(r for r in runs if r.info.run_name == f"export-{CASE}")
+    parent = next(r for r in runs if r.info.run_name == f"{CASE}/export")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert {r.info.run_name for r in children} == {"fp32", "mp", "w8a8"}
-    mp = next(r for r in children if r.info.run_name == "mp")
+    assert {r.info.run_name for r in children} == {f"{CASE}/export/{n}" for n in ("fp32", "mp", "w8a8")}
+    mp = next(r for r in children if r.info.run_name == f"{CASE}/export/mp")
     assert [a.path for a in mlflow.MlflowClient().list_artifacts(mp.info.run_id)] == ["mp.tm2"]

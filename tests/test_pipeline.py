@@ -58,18 +58,19 @@ def test_runs_are_tracked_in_mlflow_with_lineage(repo):
     path, env, _ = repo
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["tinym2net-covid"], output_format="list")
-    names = {r.info.run_name for r in runs}
-    assert {"train-covid", "evaluate-covid", "fused", "cough", "speech"} <= names
-    train = next(r for r in runs if r.info.run_name == "train-covid")
+    names = [r.info.run_name for r in runs]
+    assert len(names) == len(set(names)), sorted(names)  # one execution of each stage: no name twice
+    assert {"covid/train", "covid/evaluate", "covid/train/fused", "covid/train/cough", "covid/train/speech"} <= set(names)
+    train = next(r for r in runs if r.info.run_name == "covid/train")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True).stdout.strip()
     assert train.data.tags["git_commit"].startswith(commit)
     lock = yaml.safe_load((path / "dvc.lock").read_text())["stages"]["train@covid"]
     dep = next(d for d in lock["deps"] if d["path"] == "data/features/covid")
     assert train.data.tags["dvc.dep.data/features/covid"] == dep["md5"]
-    fused = next(r for r in runs if r.info.run_name == "fused")
+    fused = next(r for r in runs if r.info.run_name == "covid/train/fused")
     assert fused.data.tags["mlflow.parentRunId"] == train.info.run_id
     assert "val_loss" in fused.data.metrics
-    evaluate = next(r for r in runs if r.info.run_name == "evaluate-covid")
+    evaluate = next(r for r in runs if r.info.run_name == "covid/evaluate")
     assert "fused_accuracy" in evaluate.data.metrics
 
 
@@ -90,8 +91,9 @@ def test_quantized_variants_and_report(repo):
     assert "## covid" in report and "## battlefield" in report and "| W8A8 |" in report and "89.6" in report
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["tinym2net-battlefield"], output_format="list")
-    parent = next(r for r in runs if r.info.run_name == "quantize-battlefield")
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    parent = next(r for r in runs if r.info.run_name == "battlefield/quantize")
+    children = {r.info.run_name.rsplit("/", 1)[1]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert {"fp32", "w8a8", "mp", "w4a4"} <= set(children)
     assert children["mp"].data.params["bits.head.out"] == "8" and "size_kib" in children["mp"].data.metrics
 

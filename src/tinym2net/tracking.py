@@ -2,19 +2,40 @@
 
 The store is SQLite (`sqlite:///<repo>/mlflow.db`, absolute so that DVC's temporary experiment
 copies log to the same place) unless `MLFLOW_TRACKING_URI` says otherwise; artifacts go to
-`<repo>/mlartifacts/`. Neither is a DVC output. Every run is tagged with the git commit and the
-stage's dependency hashes as DVC computes them.
+`<repo>/mlartifacts/`. Neither is a DVC output. Runs are named `<case>/<stage>` and
+`<case>/<stage>/<child>`, tagged with the git commit and the stage's dependency hashes as DVC
+computes them, described (with links to the Prefect flow run that started them and, for a parent,
+to MLflow's comparison of its children), and never left RUNNING by a stage that failed.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import signal
+import socket
 import subprocess
+import sys
+import threading
+import urllib.parse
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
+
+FLOW_RUN_ENV = "TINYM2NET_FLOW_RUN_ID"       # set by pipelines/flows.py for its subprocesses
+FLOW_RUN_URL_ENV = "TINYM2NET_FLOW_RUN_URL"  # the flow run in the Prefect UI
+MLFLOW_UI_ENV = "TINYM2NET_MLFLOW_UI"        # base URL of the MLflow UI, for links (`make ui` sets it)
+PROCESS_TAG = "tinym2net.process"            # <host>:<pid>:<start ticks> of the process that owns a run
+NOTE_TAG = "mlflow.note.content"             # what the MLflow UI shows as a description
+
+EXPERIMENT_NOTE = (
+    "tinym2net, case `{case}`: one run per execution of a DVC stage, named `{case}/<stage>` "
+    "(`{case}/train`, `{case}/quantize`, ...), with a child run per model or variant (`{case}/quantize/mp`). "
+    "Runs are tagged with the git commit (`git_commit`), the md5 of each DVC dependency as dvc.lock records it "
+    "(`dvc.dep.<path>`) and, when a Prefect flow started them, `prefect.flow_run_id`, linked from the run's "
+    "description. A parent run's description links to MLflow's comparison of its child runs.")
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -55,6 +76,117 @@ def dvc_dependency_hashes(stage: str, root: Path) -> dict[str, str]:
         return {}
 
 
+# ---------------------------------------------------------------------------------------------
+# links into the MLflow UI
+
+def ui_base() -> str:
+    return os.environ.get(MLFLOW_UI_ENV, "http://127.0.0.1:5000").rstrip("/")
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    return f"{ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def compare_url(experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's compare-runs page for these runs (parallel coordinates, scatter, tables)."""
+    query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps([experiment_id])},
+                                   quote_via=urllib.parse.quote)
+    return f"{ui_base()}/#/compare-runs?{query}"
+
+
+def flow_run_note() -> str:
+    """`Started by Prefect flow run <link>.` for runs a Prefect flow caused; empty otherwise."""
+    run_id, url = os.environ.get(FLOW_RUN_ENV), os.environ.get(FLOW_RUN_URL_ENV)
+    if url:
+        return f"Started by [Prefect flow run {run_id or ''}]({url})."
+    return f"Started by Prefect flow run `{run_id}`." if run_id else ""
+
+
+def flow_run_tags() -> dict[str, str]:
+    tags = {"prefect.flow_run_id": os.environ.get(FLOW_RUN_ENV), "prefect.flow_run_url": os.environ.get(FLOW_RUN_URL_ENV)}
+    return {k: v for k, v in tags.items() if v}
+
+
+def describe_experiment(client, experiment_id: str, note: str) -> None:
+    """Give the experiment a description unless it has one (a user's edit stays)."""
+    if NOTE_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, NOTE_TAG, note)
+
+
+def link_children(client, run, note: str) -> None:
+    """Append to a parent run's description one link comparing all its child runs."""
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+                                  max_results=1000, order_by=["attributes.start_time ASC"])
+    if children:
+        url = compare_url(run.info.experiment_id, [c.info.run_id for c in children])
+        client.set_tag(run.info.run_id, NOTE_TAG, f"{note}\n\n[Compare these {len(children)} runs]({url})")
+
+
+# ---------------------------------------------------------------------------------------------
+# runs never left RUNNING
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), '' elsewhere; None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+            return ""
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return ""
+
+
+def process_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid()) or ''}"
+
+
+def end_orphans(client, experiment_id: str) -> None:
+    """End as FAILED the RUNNING runs of stage processes of this host that no longer exist (killed)."""
+    host = socket.gethostname()
+    found = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host}:%'",
+                               max_results=1000)
+    for run in found:
+        owner, pid, start = run.data.tags[PROCESS_TAG].rsplit(":", 2)
+        if owner != host or not pid.isdigit():  # LIKE's `_` matches any character
+            continue
+        now = process_start(int(pid))
+        if now is None or (start and now and now != start):
+            client.set_terminated(run.info.run_id, "FAILED")
+            log.warning("MLflow run %s (%s) belonged to a stage process that was killed; ended it as FAILED",
+                        run.info.run_id, run.info.run_name)
+
+
+@contextlib.contextmanager
+def signals_unwind():
+    """SIGTERM and SIGHUP raise SystemExit (128 + signal) instead of ending the process on the spot,
+    so that runs end as FAILED and temporary outputs are removed; SIGINT already does (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum, frame):
+        log.error("stage terminated by %s", signal.Signals(signum).name)
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    for s, handler in previous.items():
+        if handler == signal.SIG_DFL:
+            signal.signal(s, unwind)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments and runs
+
 def set_experiment(case: str, root: Path):
     """Select (creating if needed) the case's experiment, artifacts under <root>/mlartifacts."""
     import mlflow
@@ -65,30 +197,59 @@ def set_experiment(case: str, root: Path):
         local = not tracking_uri(root).startswith(("http://", "https://", "databricks"))
         # a local store keeps artifacts beside it; a tracking server uses its own artifact store
         location = (Path(root).resolve() / "mlartifacts" / case).as_uri() if local else None
-        mlflow.create_experiment(name, artifact_location=location)
-    return mlflow.set_experiment(name)
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(name) is None:  # not a race with another stage: a real error
+                raise
+    experiment = mlflow.set_experiment(name)
+    describe_experiment(mlflow.MlflowClient(tracking_uri(root)), experiment.experiment_id, EXPERIMENT_NOTE.format(case=case))
+    return experiment
+
+
+def stage_summary(stage: str) -> str:
+    """The first line of the stage module's docstring (`pipelines.<stage>`, or `python -m` of it)."""
+    main = sys.modules.get("__main__")
+    module = sys.modules.get(f"pipelines.{stage}")
+    if module is None and getattr(getattr(main, "__spec__", None), "name", None) == f"pipelines.{stage}":
+        module = main
+    doc = (getattr(module, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else f"stage `{stage}`"
 
 
 @contextlib.contextmanager
 def stage_run(stage: str, case: str, root: Path = Path(".")):
-    """An MLflow run for one execution of `stage` on `case`, tagged for lineage."""
+    """An MLflow run `<case>/<stage>` for one execution of `stage` on `case`, tagged for lineage;
+    it ends FAILED if the stage raises or is terminated."""
     import mlflow
 
-    set_experiment(case, root)
-    tags = {"stage": stage, "case": case, "git_commit": git_commit(Path(root))}
+    experiment = set_experiment(case, root)
+    client = mlflow.MlflowClient(tracking_uri(root))
+    end_orphans(client, experiment.experiment_id)
+    commit = git_commit(Path(root))
+    tags = {"stage": stage, "case": case, "git_commit": commit, PROCESS_TAG: process_id(), **flow_run_tags()}
     tags.update({f"dvc.dep.{path}": md5 for path, md5 in dvc_dependency_hashes(f"{stage}@{case}", Path(root)).items()})
-    if os.environ.get("TINYM2NET_FLOW_RUN_ID"):  # set by the Prefect flows (pipelines/flows.py)
-        tags["prefect.flow_run_id"] = os.environ["TINYM2NET_FLOW_RUN_ID"]
-    with mlflow.start_run(run_name=f"{stage}-{case}", tags=tags) as run:
+    note = "\n\n".join(filter(None, [f"**{case}/{stage}**: {stage_summary(stage)}",
+                                     f"DVC stage `{stage}@{case}`, git commit `{commit}`.", flow_run_note()]))
+    with signals_unwind(), mlflow.start_run(run_name=f"{case}/{stage}", tags=tags, description=note) as run:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, run.info.run_name, tracking_uri(root))
         yield run
+        link_children(client, run, note)
+
+
+def child_name(parent, name: str) -> str:
+    """`covid/quantize` + `mp` -> `covid/quantize/mp`."""
+    return f"{parent.info.run_name}/{name}"
 
 
 @contextlib.contextmanager
 def child_run(parent, name: str):
-    """A child run under `parent` (explicit parent id, so it also works from worker threads)."""
+    """A child run `<parent name>/<name>` under `parent` (explicit parent id, so it also works from
+    worker threads)."""
     import mlflow
 
-    tags = {k: v for k, v in parent.data.tags.items() if k == "prefect.flow_run_id"}
-    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent.info.run_id, tags=tags) as run:
+    tags = {k: v for k, v in parent.data.tags.items() if k.startswith("prefect.") or k == PROCESS_TAG}
+    note = f"`{name}` of [{parent.info.run_name}]({run_url(parent.info.experiment_id, parent.info.run_id)})."
+    with mlflow.start_run(run_name=child_name(parent, name), nested=True, parent_run_id=parent.info.run_id,
+                          tags=tags, description=note) as run:
         yield run
