@@ -27,7 +27,8 @@ clean-venv:
 	rm -rf $(VENV)
 
 # Local Prefect server + deployments (prefect.yaml) + process worker, and the MLflow UI on mlflow.db.
-# HOST=0.0.0.0 make ui listens on every interface; PREFECT_PORT / MLFLOW_PORT change the ports.
+# HOST=0.0.0.0 make ui listens on every interface, with logins (see scripts/ui.py); PREFECT_PORT /
+# MLFLOW_PORT change the ports. Ctrl-C or SIGTERM stops everything (exit 0).
 .PHONY: ui
 ui: setup
-	scripts/ui.sh
+	python scripts/ui.py
