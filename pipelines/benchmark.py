@@ -38,7 +38,7 @@ def benchmark(params: dict, case: str, root: Path = Path(".")) -> None:
     runner = choice(cfg, "runner", ("local", "pi"))
     settings = bench.settings_from_params(cfg)
     if runner == "pi":
-        pi_runner.api_url(section(params, "benchmark.pi"))  # fail before any work without a Prefect server
+        pi_runner.preflight(section(params, "benchmark.pi"))  # no Prefect server or no key: fail before any work
     folder = root / "models" / case / "artifacts"
     names = artifact_names(root, case)
     modalities = list(runtime.read_artifact(folder / f"{names[0]}.tm2").header["inputs"])
@@ -62,7 +62,7 @@ def benchmark(params: dict, case: str, root: Path = Path(".")) -> None:
             mlflow.log_artifact(str(testset))
             variants = {}
             for name in names:
-                child = client.create_run(parent.info.experiment_id, run_name=name,
+                child = client.create_run(parent.info.experiment_id, run_name=tracking.child_name(parent, name),
                                           tags={"mlflow.parentRunId": parent.info.run_id, "runner": "pi"})
                 client.log_param(child.info.run_id, "variant", name)
                 client.log_artifact(child.info.run_id, str(folder / f"{name}.tm2"))

@@ -1,6 +1,11 @@
 """The benchmark stage: the local runner, the power hook, and the `pi` runner end to end against a real
-Prefect server on loopback with a real process worker (standing in for the Pi), results in metrics/ and MLflow."""
+Prefect server on loopback (with API authentication and CSRF protection, as `make ui HOST=0.0.0.0`
+serves it) with a real process worker (standing in for the Pi), results in metrics/ and MLflow; and the
+worker refusing flow parameters the stage did not sign, artifacts whose sha256 the stage did not
+compute, another tracking server and a power command from the parameters."""
 import json
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -14,9 +19,9 @@ import torch
 import yaml
 
 from conftest import free_port, stop_process, venv_env
-from tinym2net import bench
+from tinym2net import bench, pi_runner
 from tinym2net.config import merge
-from tinym2net.errors import ParamsError
+from tinym2net.errors import DataError, ParamsError
 from tinym2net.export import export
 from tinym2net.model import build
 from tinym2net.quant import quantizable_layers, quantize_model
@@ -82,7 +87,7 @@ def test_local_runner_measures_every_artifact(project, small_params):
     assert abs(result["variants"]["mp"]["accuracy"] - expected_accuracy) <= 1 / 32
     assert result["variants"]["mp"]["size_bytes"] < result["variants"]["fp32"]["size_bytes"]
     runs = mlflow.search_runs(experiment_names=[f"tinym2net-{CASE}"], output_format="list")
-    mp = next(r for r in runs if r.info.run_name == "mp")
+    mp = next(r for r in runs if r.info.run_name == f"{CASE}/benchmark/mp")
     assert mp.data.metrics["latency_p50_ms"] == result["variants"]["mp"]["latency_ms"]["p50"]
     assert mp.data.tags["power"] == "not measured" and "power_delta_w" not in mp.data.metrics
 
@@ -139,45 +144,64 @@ def healthy(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server on loopback; its API URL."""
+def pi(tmp_path_factory):
+    """A real Prefect server on loopback requiring a login and CSRF tokens, the MLflow store the device is
+    configured with, and the key host and device share: {url, home, auth, uri, key, env(...)}."""
     home = tmp_path_factory.mktemp("prefect")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
+    auth = f"pi-test:{secrets.token_urlsafe(16)}"
     env = venv_env(PREFECT_HOME=str(home / "server"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   PREFECT_SERVER_UI_ENABLED="false")
+                   PREFECT_SERVER_UI_ENABLED="false", PREFECT_SERVER_API_AUTH_STRING=auth,
+                   PREFECT_SERVER_CSRF_PROTECTION_ENABLED="true")
     log = open(home / "server.log", "w")
     server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: healthy(url), 120, "prefect server", home / "server.log", server)
-        yield url, home
+        key, uri = secrets.token_hex(32), f"sqlite:///{home / 'mlflow.db'}"
+
+        def client_env(name: str, **extra) -> dict:
+            """A host's or device's environment: this server with its login, the shared key, no config file."""
+            return venv_env(PREFECT_API_URL=url, PREFECT_API_AUTH_STRING=auth, PREFECT_HOME=str(home / name),
+                            TINYM2NET_PI_KEY=key, TINYM2NET_PI_CONFIG=str(home / "absent.toml"), **extra)
+
+        yield dict(url=url, home=home, auth=auth, uri=uri, key=key, env=client_env)
     finally:
         stop_process(server)
         log.close()
 
 
-def test_pi_runner_end_to_end_through_a_process_worker(project, small_params, prefect_server, tmp_path):
-    root, expected_accuracy = project
-    url, home = prefect_server
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (root / "params.yaml").write_text(yaml.safe_dump(stage_params(
-        small_params, runner="pi", pi={"timeout_seconds": 150, "poll_seconds": 1}), sort_keys=False))
-    env = venv_env(PREFECT_API_URL=url, PREFECT_HOME=str(home / "client"), MLFLOW_TRACKING_URI=uri,
-                   PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    worker_env = venv_env(PREFECT_API_URL=url, PREFECT_HOME=str(home / "worker"), PREFECT_WORKER_QUERY_SECONDS="1",
-                          PREFECT_WORKER_PREFETCH_SECONDS="1")
-    worker_env.pop("MLFLOW_TRACKING_URI", None)  # the worker learns the store from the flow's parameters
-    worker_log = open(tmp_path / "worker.log", "w")
+@pytest.fixture(scope="module")
+def device(pi, tmp_path_factory):
+    """A process worker of the pool `pi` standing in for the Raspberry Pi, configured with the key and
+    its tracking server; yields its log file."""
+    path = tmp_path_factory.mktemp("device")
+    env = pi["env"]("worker", MLFLOW_TRACKING_URI=pi["uri"], PREFECT_WORKER_QUERY_SECONDS="1",
+                    PREFECT_WORKER_PREFETCH_SECONDS="1")
+    env.pop("TINYM2NET_POWER_COMMAND", None)
+    log = open(path / "worker.log", "w")
     worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "pi", "--type", "process", "--name", "test-pi"],
-                              env=worker_env, stdout=worker_log, stderr=subprocess.STDOUT, cwd=tmp_path)
+                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=path)
     try:
-        stage = subprocess.run([sys.executable, "-m", "pipelines.benchmark", "--case", CASE], cwd=root, env=env,
-                               capture_output=True, text=True, timeout=200)
-        assert stage.returncode == 0, f"{stage.stderr[-3000:]}\n--- worker ---\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+        yield path / "worker.log"
     finally:
         stop_process(worker)
-        worker_log.close()
+        log.close()
+
+
+def run_stage(root: Path, env: dict, timeout: float = 200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.benchmark", "--case", CASE], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_pi_runner_end_to_end_through_a_process_worker(project, small_params, pi, device):
+    root, expected_accuracy = project
+    uri = pi["uri"]
+    (root / "params.yaml").write_text(yaml.safe_dump(stage_params(
+        small_params, runner="pi", pi={"timeout_seconds": 150, "poll_seconds": 1}), sort_keys=False))
+    stage = run_stage(root, pi["env"]("client", MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert stage.returncode == 0, f"{stage.stderr[-3000:]}\n--- worker ---\n{device.read_text()[-3000:]}"
     result = json.loads((root / "metrics" / CASE / "benchmark.json").read_text())
     assert result["runner"] == "pi" and result["flow_run"]["work_pool"] == "pi"
     assert list(result["variants"]) == ["fp32", "mp"]
@@ -185,34 +209,149 @@ def test_pi_runner_end_to_end_through_a_process_worker(project, small_params, pr
         assert r["latency_ms"]["p50"] > 0 and r["throughput_sps"] > 0 and r["power"] == "not measured"
     assert abs(result["variants"]["mp"]["accuracy"] - expected_accuracy) <= 1 / 32
     # the worker ran the flow: Prefect has a completed run of the deployment on pool `pi`
-    with urllib.request.urlopen(urllib.request.Request(
-            f"{url}/flow_runs/{result['flow_run']['id']}", headers={"Accept": "application/json"}), timeout=10) as resp:
-        flow_run = json.loads(resp.read())
+    flow_run = api(pi, f"/flow_runs/{result['flow_run']['id']}")
     assert flow_run["state"]["type"] == "COMPLETED" and flow_run["work_pool_name"] == "pi"
+    assert len(flow_run["parameters"]["signature"]) == 64
+    # ... whose job template lets no flow run give the worker a command
+    assert "command" not in api(pi, "/work_pools/pi")["base_job_template"]["job_configuration"]
     # ... and logged into each variant's MLflow run, from which the stage read the figures back
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=[f"tinym2net-{CASE}"], output_format="list")
-    parent = next(r for r in runs if r.info.run_name == f"benchmark-{CASE}")
+    parent = next(r for r in runs if r.info.run_name == f"{CASE}/benchmark")
     assert parent.data.tags["prefect.flow_run_id"] == result["flow_run"]["id"]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"fp32", "mp"}
+    assert set(children) == {f"{CASE}/benchmark/fp32", f"{CASE}/benchmark/mp"}
     for name, child in children.items():
+        variant = name.rsplit("/", 1)[1]
         assert child.info.status == "FINISHED"
-        assert child.data.metrics["latency_p50_ms"] == result["variants"][name]["latency_ms"]["p50"]
+        assert child.data.metrics["latency_p50_ms"] == result["variants"][variant]["latency_ms"]["p50"]
         assert child.data.params["host.architecture"] == result["host"]["architecture"]
         artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(child.info.run_id)}
-        assert {f"{name}.tm2", "benchmark.json"} <= artifacts
+        assert {f"{variant}.tm2", "benchmark.json"} <= artifacts
 
 
-def test_pi_runner_without_a_worker_gives_up_in_time(project, small_params, prefect_server, tmp_path):
+def api(pi: dict, path: str):
+    """GET from the Prefect API with the login."""
+    import base64
+    request = urllib.request.Request(f"{pi['url']}{path}", headers={
+        "Accept": "application/json", "Authorization": "Basic " + base64.b64encode(pi["auth"].encode()).decode()})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def run_on_device(pi: dict, parameters: dict, timeout: float = 150):
+    """Start the `benchmark` flow on the pool `pi` with exactly these parameters, as anyone with the
+    Prefect login could; its final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: pi["url"], PREFECT_API_AUTH_STRING: pi["auth"]}):
+        with get_client(sync_client=True) as client:
+            name = pi_runner.deploy(client, "pi", "tinym2net-pi")
+        run = run_deployment(name, parameters=parameters, timeout=timeout, as_subflow=False, poll_interval=1)
+    assert run.state is not None and run.state.is_final(), run.state
+    return run.state
+
+
+def artifact_run(pi: dict, files: dict[str, Path]) -> tuple[str, Path]:
+    """An MLflow run in the device's store holding `files` (name -> path); (run id, its artifact folder)."""
+    client = mlflow.MlflowClient(pi["uri"])
+    experiment = client.get_experiment_by_name("tinym2net-attack") or client.get_experiment(client.create_experiment(
+        "tinym2net-attack", artifact_location=(pi["home"] / "attack-artifacts").as_uri()))
+    run = client.create_run(experiment.experiment_id)
+    for name, path in files.items():
+        client.log_artifact(run.info.run_id, str(path))
+    return run.info.run_id, Path(client.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://"))
+
+
+def test_device_refuses_what_the_stage_did_not_vouch_for(project, pi, device, tmp_path):
     root, _ = project
-    url, home = prefect_server
+    marker = tmp_path / "power-command-ran"
+    testset = _testset(root, tmp_path)
+    fp32, mp = (root / "models" / CASE / "artifacts" / f"{n}.tm2" for n in ("fp32", "mp"))
+    run_id, folder = artifact_run(pi, {"mp.tm2": mp, testset.name: testset})
+    settings = {**bench.settings_from_params(merge(FAST, {"power_command": None})), "power_command": None}
+    parameters = {"case": CASE, "tracking_uri": pi["uri"], "settings": settings,
+                  "testset": {"run_id": run_id, "path": testset.name, "sha256": pi_runner.sha256(testset)},
+                  "variants": {"mp": {"run_id": run_id, "path": "mp.tm2", "sha256": pi_runner.sha256(mp)}}}
+
+    # 1. Parameters not from the stage (no signature, or one made with another key), with the digest of
+    #    the artifact they bring and a power command: the device refuses them before fetching anything.
+    foreign = {**parameters, "settings": {**settings, "power_command": f"touch {marker}"}}
+    for signature in ("", pi_runner.signature(foreign, secrets.token_hex(32).encode())):
+        state = run_on_device(pi, {**foreign, "signature": signature})
+        assert state.type.value == "FAILED" and "not signed with this device's key" in state.message, state.message
+    assert not marker.exists()
+
+    # 2. Signed by the stage, but the artifact in the store is no longer the one it exported: the
+    #    device refuses the file whose sha256 it was not given, and measures nothing.
+    os.environ["TINYM2NET_PI_KEY"] = pi["key"]
+    try:
+        signed = pi_runner.signed(parameters)
+    finally:
+        del os.environ["TINYM2NET_PI_KEY"]
+    (folder / "mp.tm2").write_bytes(fp32.read_bytes())
+    state = run_on_device(pi, signed)
+    assert state.type.value == "FAILED" and "mp.tm2 fetched from MLflow run" in state.message, state.message
+    assert "sha256 mismatch" in state.message
+    assert "benchmark.json" not in {a.path for a in mlflow.MlflowClient(pi["uri"]).list_artifacts(run_id)}
+
+
+def test_device_checks_its_own_configuration(pi, tmp_path, monkeypatch):
+    """What the worker checks before any download, as a function (no server needed)."""
+    monkeypatch.setenv("TINYM2NET_PI_CONFIG", str(tmp_path / "pi.toml"))
+    monkeypatch.delenv("TINYM2NET_PI_KEY", raising=False)
+    monkeypatch.delenv("TINYM2NET_POWER_COMMAND", raising=False)
+    (tmp_path / "pi.toml").write_text(f'key = "{pi["key"]}"\ntracking_uri = "http://host:5000/"\n'
+                                      'power_command = "echo 2.5"\n')
+    (tmp_path / "pi.toml").chmod(0o644)
+    with pytest.raises(ParamsError, match="readable by other users"):
+        pi_runner.local_config()
+    (tmp_path / "pi.toml").chmod(0o600)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://host:5000")
+    cfg = pi_runner.local_config()
+    ref = {"run_id": "0" * 32, "path": "mp.tm2", "sha256": "a" * 64}
+    parameters = {"case": CASE, "tracking_uri": "http://host:5000", "testset": ref, "variants": {"mp": ref},
+                  "settings": {"power_command": None, "runs": 5}}
+    key = pi["key"].encode()
+    settings = pi_runner.checked_settings(parameters, pi_runner.signature(parameters, key), cfg)
+    assert settings == {"power_command": "echo 2.5", "runs": 5}  # the device's own meter
+    for change, message in (({"tracking_uri": "http://elsewhere:5000"}, "not this device's tracking server"),
+                            ({"settings": {"power_command": "rm -rf ~", "runs": 5}}, "power_command"),
+                            ({"variants": {"mp": {**ref, "path": "../../.bashrc"}}}, "variant 'mp' must be"),
+                            ({"testset": {**ref, "sha256": None}}, "testset must be")):
+        changed = {**parameters, **change}
+        with pytest.raises(DataError, match=message) as err:
+            pi_runner.checked_settings(changed, pi_runner.signature(changed, key), cfg)
+        assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="not signed"):  # any change after signing
+        pi_runner.checked_settings({**parameters, "case": "other"}, pi_runner.signature(parameters, key), cfg)
+    monkeypatch.setenv("TINYM2NET_PI_KEY", "short")
+    with pytest.raises(ParamsError, match="at least 32 characters"):
+        pi_runner.checked_settings(parameters, "", pi_runner.local_config())
+
+
+def test_pi_runner_without_a_worker_gives_up_in_time(project, small_params, pi, tmp_path):
+    root, _ = project
     params = stage_params(small_params, runner="pi", pi={"work_pool": "nobody", "timeout_seconds": 3, "poll_seconds": 1})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = venv_env(PREFECT_API_URL=url, PREFECT_HOME=str(home / "client"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}",
-                   PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    stage = subprocess.run([sys.executable, "-m", "pipelines.benchmark", "--case", CASE], cwd=root, env=env,
-                           capture_output=True, text=True, timeout=120)
+    env = pi["env"]("client", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}",
+                    PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    stage = run_stage(root, env, timeout=120)
     assert stage.returncode == 1
     message = stage.stderr.strip().splitlines()[-1]
     assert message.startswith("error: benchmark.runner pi: flow run") and "prefect worker start --pool nobody" in message
+
+
+def test_pi_runner_without_a_key_fails_before_any_work(project, small_params, pi, tmp_path):
+    root, _ = project
+    (root / "params.yaml").write_text(yaml.safe_dump(stage_params(small_params, runner="pi"), sort_keys=False))
+    env = pi["env"]("client", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}",
+                    PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    del env["TINYM2NET_PI_KEY"]
+    stage = run_stage(root, env, timeout=120)
+    assert stage.returncode == 1
+    message = stage.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: benchmark.runner pi: no key of at least 32 characters"), stage.stderr[-2000:]
+    assert not (tmp_path / "m.db").exists()  # nothing logged, nothing deployed

@@ -6,15 +6,24 @@ Pi fetches the artifacts from the MLflow artifact store, checks their digests, m
 `bench.py` (in a fresh interpreter per variant) and logs the figures into each variant's MLflow run,
 where the stage reads them back. The worker needs `tinym2net[runtime]`, prefect and mlflow-skinny;
 nothing here imports torch.
+
+The device trusts nothing in the flow's parameters that the stage did not vouch for: the stage signs
+them (HMAC-SHA256) with a key that the host and the device share in their own configuration
+(`~/.config/tinym2net/pi.toml` or the environment), so the sha256 of every artifact is the one the
+stage computed; artifacts come only from the tracking server the device is configured with; and the
+power meter's command is the device's own, never a parameter.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -28,9 +37,93 @@ FLOW_NAME = "benchmark"
 ENTRYPOINT = "tinym2net.pi_runner.benchmark"  # a module path: the worker imports the installed package
 RESULT_FILE = "benchmark.json"
 
+CONFIG_ENV = "TINYM2NET_PI_CONFIG"              # the configuration file (default ~/.config/tinym2net/pi.toml)
+DEFAULT_CONFIG = "~/.config/tinym2net/pi.toml"
+ENV_KEYS = {"key": "TINYM2NET_PI_KEY", "tracking_uri": "MLFLOW_TRACKING_URI",
+            "power_command": "TINYM2NET_POWER_COMMAND"}  # each overrides the file's key of that name
+MIN_KEY_CHARS = 32
+SIGNED = ("case", "tracking_uri", "testset", "variants", "settings")  # every parameter but the signature
+CONFIG_MAX_BYTES = 64 * 1024
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# this machine's configuration and the signature of the flow's parameters
+
+def local_config() -> dict[str, str]:
+    """This machine's Pi-runner settings (`key`, `tracking_uri`, `power_command`): the TOML file named
+    by $TINYM2NET_PI_CONFIG (default ~/.config/tinym2net/pi.toml, which must be private: it holds the
+    key), each overridden by its environment variable (ENV_KEYS)."""
+    path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).expanduser()
+    cfg: dict = {}
+    if path.is_file():
+        if path.stat().st_mode & 0o077:
+            raise ParamsError(f"{path}: readable by other users, and it holds the key: chmod 600 {path}")
+        if path.stat().st_size > CONFIG_MAX_BYTES:
+            raise ParamsError(f"{path}: over {CONFIG_MAX_BYTES // 1024} KiB, not a Pi-runner configuration")
+        try:
+            cfg = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ParamsError(f"{path}: not valid TOML ({exc})") from None
+        unknown = sorted(set(cfg) - set(ENV_KEYS))
+        if unknown:
+            raise ParamsError(f"{path}: unknown key {unknown[0]!r} (allowed: {', '.join(ENV_KEYS)})")
+        bad = [k for k, v in cfg.items() if not isinstance(v, str)]
+        if bad:
+            raise ParamsError(f"{path}: {bad[0]} must be a string")
+    cfg |= {k: os.environ[env] for k, env in ENV_KEYS.items() if os.environ.get(env)}
+    return cfg
+
+
+def shared_key(cfg: dict[str, str]) -> bytes:
+    key = cfg.get("key") or ""
+    if len(key) < MIN_KEY_CHARS:
+        where = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+        raise ParamsError(f"benchmark.runner pi: no key of at least {MIN_KEY_CHARS} characters in {where} (`key`) or "
+                          f"${ENV_KEYS['key']}; give the host and the Pi the same one, e.g. from "
+                          "`python -c 'import secrets; print(secrets.token_hex(32))'`")
+    return key.encode()
+
+
+def signature(parameters: dict, key: bytes) -> str:
+    """HMAC-SHA256 of the signed parameters as canonical JSON."""
+    payload = json.dumps({k: parameters.get(k) for k in SIGNED}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def check_artifact(what: str, ref) -> None:
+    """An artifact reference {run_id, path, sha256}: an MLflow run id, a plain file name, a sha256."""
+    if not (isinstance(ref, dict) and isinstance(ref.get("run_id"), str) and re.fullmatch(r"[0-9a-f]{32}", ref["run_id"])
+            and isinstance(ref.get("path"), str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", ref["path"])
+            and isinstance(ref.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", ref["sha256"])):
+        raise DataError(f"benchmark flow: {what} must be {{run_id, path (a file name), sha256}}: refused")
+
+
+def checked_settings(parameters: dict, given: str, cfg: dict[str, str]) -> dict:
+    """Refuse parameters the benchmark stage did not sign with this device's key, from another
+    tracking server than the device's, or naming a power command; the settings to measure with
+    (the power command from the device's own configuration)."""
+    if not hmac.compare_digest(signature(parameters, shared_key(cfg)), given or ""):
+        raise DataError("benchmark flow: its parameters are not signed with this device's key (the benchmark stage "
+                        "signs them with the key it shares with the device): refused")
+    configured = (cfg.get("tracking_uri") or "").rstrip("/")
+    if not configured:
+        raise ParamsError(f"benchmark flow: this device names no MLflow tracking server (`tracking_uri` in "
+                          f"{os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG} or ${ENV_KEYS['tracking_uri']})")
+    if str(parameters["tracking_uri"]).rstrip("/") != configured:
+        raise DataError(f"benchmark flow: artifacts from {parameters['tracking_uri']}, not this device's tracking "
+                        f"server {configured}: refused")
+    for name, ref in {"testset": parameters["testset"], **{f"variant {k!r}": v for k, v in parameters["variants"].items()}}.items():
+        check_artifact(name, ref)
+    settings = dict(parameters["settings"])
+    if settings.get("power_command"):
+        raise DataError("benchmark flow: a power_command in the flow's parameters: refused (the device's own "
+                        f"configuration names it: `power_command` in its pi.toml or ${ENV_KEYS['power_command']})")
+    settings["power_command"] = cfg.get("power_command")
+    return settings
 
 
 def log_result(tracking_uri: str, run_id: str, result: dict) -> None:
@@ -73,14 +166,21 @@ def read_result(tracking_uri: str, run_id: str) -> dict:
 # the flow (runs on the worker)
 
 @task(name="fetch-artifact", retries=2, retry_delay_seconds=5)
-def fetch(tracking_uri: str, run_id: str, path: str, dest: str, digest: str | None) -> str:
-    """Download one artifact of `run_id` from the MLflow artifact store and check its sha256."""
+def download(tracking_uri: str, run_id: str, path: str, dest: str) -> str:
+    """Download one artifact of `run_id` from the MLflow artifact store."""
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dest,
-                                                tracking_uri=tracking_uri)
-    if digest and sha256(Path(local)) != digest:
-        raise ModelFileError(f"{path} fetched from MLflow run {run_id} differs from the exported file (sha256 mismatch)")
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dest,
+                                               tracking_uri=tracking_uri)
+
+
+def fetch(tracking_uri: str, ref: dict, dest: str) -> str:
+    """An artifact ({run_id, path, sha256}) downloaded into `dest`, if it has the sha256 the stage computed."""
+    local = download(tracking_uri, ref["run_id"], ref["path"], dest)
+    if sha256(Path(local)) != ref["sha256"]:
+        Path(local).unlink()
+        raise ModelFileError(f"{ref['path']} fetched from MLflow run {ref['run_id']} is not the file the benchmark "
+                             "stage exported (sha256 mismatch): refused")
     return local
 
 
@@ -95,15 +195,18 @@ def record(tracking_uri: str, run_id: str, result: dict) -> None:
 
 
 @flow(name=FLOW_NAME, description="Benchmark exported tinym2net artifacts on this worker's machine, log to MLflow.")
-def benchmark(case: str, tracking_uri: str, testset: dict, variants: dict, settings: dict) -> dict:
+def benchmark(case: str, tracking_uri: str, testset: dict, variants: dict, settings: dict, signature: str = "") -> dict:
     """Fetch each variant's artifact (`variants`: name -> {run_id, path, sha256}) and the test split
-    (`testset`: {run_id, path, sha256}) from MLflow, benchmark them here, log into each variant's run."""
+    (`testset`: {run_id, path, sha256}) from MLflow, benchmark them here, log into each variant's run;
+    only if the benchmark stage signed these parameters with the key this device is configured with."""
     logger = get_run_logger()
+    settings = checked_settings(dict(case=case, tracking_uri=tracking_uri, testset=testset, variants=variants,
+                                     settings=settings), signature, local_config())
     results = {}
     with tempfile.TemporaryDirectory(prefix="tinym2net-bench-") as tmp:
-        test_path = fetch(tracking_uri, testset["run_id"], testset["path"], tmp, testset.get("sha256"))
+        test_path = fetch(tracking_uri, testset, tmp)
         for name, v in variants.items():
-            artifact = fetch(tracking_uri, v["run_id"], v["path"], tmp, v.get("sha256"))
+            artifact = fetch(tracking_uri, v, tmp)
             results[name] = measure(artifact, test_path, settings)
             record(tracking_uri, v["run_id"], results[name])
             lat = results[name]["latency_ms"]
@@ -124,22 +227,20 @@ def api_url(pi_cfg: dict) -> str:
     return url
 
 
-def deploy(client, pool: str, name: str) -> str:
-    """Create (or update) the deployment of the `benchmark` flow on work pool `pool`; returns `flow/deployment`."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.utilities.callables import parameter_schema
-    from prefect.workers.process import ProcessWorker
+def preflight(pi_cfg: dict) -> None:
+    """Fail before any work without a Prefect server to name or a key to sign with."""
+    api_url(pi_cfg)
+    shared_key(local_config())
 
-    try:
-        client.read_work_pool(pool)
-    except ObjectNotFound:
-        try:
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process",
-                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
-            log.info("created Prefect work pool %r (type process)", pool)
-        except ObjectAlreadyExists:  # a worker starting at the same moment created it
-            pass
+
+def deploy(client, pool: str, name: str) -> str:
+    """Create (or update) the deployment of the `benchmark` flow on work pool `pool` (a process pool whose
+    job template no flow run can change, `workpool.py`); returns `flow/deployment`."""
+    from prefect.utilities.callables import parameter_schema
+
+    from . import workpool
+
+    workpool.ensure(client, pool)
     flow_id = client.create_flow_from_name(FLOW_NAME)
     client.create_deployment(flow_id=flow_id, name=name, work_pool_name=pool, entrypoint=ENTRYPOINT, path=None,
                              pull_steps=[], parameter_openapi_schema=parameter_schema(benchmark).model_dump(exclude_unset=True),
@@ -147,8 +248,20 @@ def deploy(client, pool: str, name: str) -> str:
     return f"{FLOW_NAME}/{name}"
 
 
+def signed(parameters: dict) -> dict:
+    """The flow's parameters without a power command (the device names its own), signed with this
+    machine's key."""
+    settings = parameters["settings"]
+    if settings.get("power_command"):
+        log.warning("benchmark.power_command is not sent to the Pi: set `power_command` in the device's pi.toml "
+                    "(or $%s there)", ENV_KEYS["power_command"])
+    parameters = {**parameters, "settings": {**settings, "power_command": None}}
+    return parameters | {"signature": signature(parameters, shared_key(local_config()))}
+
+
 def run_on_worker(parameters: dict, pi_cfg: dict) -> dict:
-    """Run the flow through its deployment and wait (bounded by `benchmark.pi.timeout_seconds`)."""
+    """Run the flow through its deployment with `parameters`, signed, and wait (bounded by
+    `benchmark.pi.timeout_seconds`)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
@@ -156,6 +269,7 @@ def run_on_worker(parameters: dict, pi_cfg: dict) -> dict:
     from prefect.states import Cancelled
 
     url, pool, timeout = api_url(pi_cfg), pi_cfg["work_pool"], float(pi_cfg["timeout_seconds"])
+    parameters = signed(parameters)
     with temporary_settings({PREFECT_API_URL: url}):
         with get_client(sync_client=True) as client:
             if client.api_healthcheck() is not None:
