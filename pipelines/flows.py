@@ -7,8 +7,10 @@ at the terminal. The one exception is the fan-out of independent stages (by defa
 `featurize` of the cases): their commands run side by side through the task runner (DVC locks the
 repository, so two `dvc repro` cannot run at once) and `dvc commit` then records them in dvc.lock
 and the cache. Prefect adds the schedules (prefect.yaml), retries, logs, and the links to MLflow:
-subprocesses get `TINYM2NET_FLOW_RUN_ID`, which `tracking.stage_run` stores as the MLflow tag
-`prefect.flow_run_id`, and each flow run publishes a markdown artifact with its MLflow runs.
+subprocesses get `TINYM2NET_FLOW_RUN_ID` and `TINYM2NET_FLOW_RUN_URL`, which `tracking.stage_run`
+stores as MLflow tags and as a link in the run's description, and each flow run publishes a
+markdown artifact with its stages (a stage DVC reused ends in the state `Reused`, one restored from
+DVC's run cache in `Restored`), its MLflow runs and the metrics of the cases it targeted.
 
 The task runner of a fan-out is a flow parameter or `TINYM2NET_TASK_RUNNER`: `threads[:N]`
 (default), `processes[:N]`, `dask[:N]` (a local Dask cluster) or a Dask scheduler address
@@ -32,15 +34,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from tinym2net import tracking
 from tinym2net.config import load_params
 
-FLOW_RUN_ENV = "TINYM2NET_FLOW_RUN_ID"     # read by tracking.stage_run -> MLflow tag prefect.flow_run_id
 TASK_RUNNER_ENV = "TINYM2NET_TASK_RUNNER"  # default task runner of the fan-outs
-MLFLOW_UI_ENV = "TINYM2NET_MLFLOW_UI"      # base URL of the MLflow UI, for links (`make ui` sets it)
 SWEEP_EXPERIMENT = "tinym2net-sweep"
+SWEEP_NOTE = ("tinym2net sweeps: one parent run per sweep (a grid of params.yaml values, run as DVC experiments), "
+              "with one child run per point of the grid, named after its params, holding the metrics of the cases "
+              "the sweep targeted. A parent's description links to MLflow's comparison of its children.")
 DONE = {"Success", "Failed"}               # terminal states in `dvc queue status`
 
 # Tasks may run in other processes (process pool, Dask workers): ship this module's code with them,
@@ -67,14 +71,16 @@ def mlflow_uri(root: Path) -> str:
 
 def stage_env(root: Path, run_id: str | None) -> dict[str, str]:
     """Environment of DVC and stage subprocesses: this interpreter's bin first on PATH (`python -m
-    pipelines.<stage>`, `dvc`), the absolute MLflow store, and the flow-run id for the MLflow tag."""
+    pipelines.<stage>`, `dvc`), the absolute MLflow store, and the flow run's id and URL for MLflow."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["MLFLOW_TRACKING_URI"] = mlflow_uri(root)
     env.setdefault("NUMBA_CACHE_DIR", str(root / ".cache" / "numba"))
     env["DVC_NO_ANALYTICS"] = "1"
     if run_id:
-        env[FLOW_RUN_ENV] = run_id
+        env[tracking.FLOW_RUN_ENV] = run_id
+        if url := flow_run_url(run_id):
+            env[tracking.FLOW_RUN_URL_ENV] = url
     return env
 
 
@@ -122,10 +128,17 @@ def fan_out(spec: str | None, calls: list[tuple[Any, dict]]) -> list:
         return [future.result() for future in futures]
 
 
+def flow_run_url(run_id: str) -> str | None:
+    """The flow run's page in the Prefect UI (None without a UI URL: PREFECT_UI_URL or PREFECT_API_URL)."""
+    from prefect.utilities.urls import url_for
+
+    return url_for("flow-run", obj_id=run_id)
+
+
 def current_run() -> tuple[str | None, str | None]:
     """This flow run's id and its URL in the Prefect UI (None outside a flow run)."""
     run_id = flow_run.get_id()
-    return (str(run_id) if run_id else None), flow_run.get_flow_run_ui_url()
+    return (str(run_id), flow_run_url(str(run_id))) if run_id else (None, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +167,11 @@ def stage_group(stage: str) -> str:
     return stage.split("@", 1)[0]
 
 
+def stage_cases(stages) -> set[str]:
+    """The cases of foreach stages: [`fetch@covid`, `report`] -> {covid}."""
+    return {s.split("@", 1)[1] for s in stages if "@" in s}
+
+
 def with_retries(fn, stage: str, retries: int):
     """`fn` with retries (10 s, 20 s, 40 s, ...) for a `fetch` stage: sources on the network fail now and then."""
     if stage_group(stage) != "fetch" or retries <= 0:
@@ -172,18 +190,35 @@ def repro_outcome(output: str, stage: str) -> str:
 
 OUTCOME_TEXT = {"ran": "DVC ran the stage", "restored": "DVC restored its outputs from the run cache",
                 "reused": "unchanged, DVC reused its outputs", "committed": "ran its command, then `dvc commit`"}
+# The task run's final state: a stage whose command did not run is not a plain `Completed`.
+STATE_NAME = {"ran": "Completed", "committed": "Completed", "restored": "Restored", "reused": "Reused"}
+
+
+def outcome_state(stage: str, outcome: str, seconds: float | None = None):
+    """The task's final state, named after what happened to the stage; its result is the outcome."""
+    message = f"{stage}: {OUTCOME_TEXT[outcome]}" + (f" ({seconds:.1f} s)" if seconds is not None else "")
+    get_run_logger().info(message)
+    return Completed(name=STATE_NAME[outcome], message=message, data=outcome)
 
 
 @task(name="dvc-repro", task_run_name="{stage}", cache_policy=NO_CACHE)
-def repro_stage(root: str, stage: str, run_id: str | None, force: bool = False) -> str:
+def repro_stage(root: str, stage: str, run_id: str | None, force: bool = False):
     """`dvc repro --single-item <stage>`: `ran`, `restored` (run cache) or `reused` (unchanged)."""
-    log = get_run_logger()
     start = time.monotonic()
     output = dvc(Path(root), stage_env(Path(root), run_id), "repro", "--single-item", *(["--force"] if force else []), stage)
-    outcome = repro_outcome(output, stage)
-    log.info("%s: %s (%.1f s)", stage, OUTCOME_TEXT[outcome], time.monotonic() - start)
-    log.debug("dvc output:\n%s", output)
-    return outcome
+    get_run_logger().debug("dvc output:\n%s", output)
+    return outcome_state(stage, repro_outcome(output, stage), time.monotonic() - start)
+
+
+@task(name="dvc-reuse", task_run_name="{stage}", cache_policy=NO_CACHE)
+def reuse_stage(stage: str):
+    """A stage of a fan-out step that `dvc status` found unchanged: its outputs stay (state `Reused`)."""
+    return outcome_state(stage, "reused")
+
+
+def outcome_of(task_fn, **parameters) -> str:
+    """Call a stage task; its outcome (the data of the named state it ends in)."""
+    return task_fn(**parameters, return_state=True).result()
 
 
 @task(name="stage-command", task_run_name="{stage}", cache_policy=NO_CACHE)
@@ -225,9 +260,7 @@ def run_step_side_by_side(root: Path, stages: list[str], run_id: str | None, run
     unforced = [s for s in stages if s not in forced]
     changed = set(changed_stages(root, env, unforced)) if unforced else set()
     todo = [s for s in stages if s in forced or s in changed]
-    outcomes = {s: "reused" for s in stages if s not in todo}
-    for s in outcomes:
-        log.info("%s: %s", s, OUTCOME_TEXT["reused"])
+    outcomes = {s: outcome_of(reuse_stage, stage=s) for s in stages if s not in todo}
     commands = stage_commands(root, todo)
     fan_out(runner, [(with_retries(run_stage_command, s, retries),
                       dict(root=str(root), stage=s, commands=commands[s][0], wdir=commands[s][1], run_id=run_id))
@@ -238,21 +271,13 @@ def run_step_side_by_side(root: Path, stages: list[str], run_id: str | None, run
     return outcomes | {s: "committed" for s in todo}
 
 
-def read_metrics(root: Path) -> dict[str, dict]:
-    """{case: {"evaluate": ..., "quantize": ...}} from metrics/<case>/{evaluate,quantize}.json."""
+def read_metrics(root: Path, cases: set[str]) -> dict[str, dict]:
+    """{case: {"evaluate": ..., "quantize": ...}} from metrics/<case>/{evaluate,quantize}.json of `cases`."""
     metrics: dict[str, dict] = {}
     for path in sorted((root / "metrics").glob("*/*.json")):
-        if path.stem in ("evaluate", "quantize"):
+        if path.stem in ("evaluate", "quantize") and path.parent.name in cases:
             metrics.setdefault(path.parent.name, {})[path.stem] = json.loads(path.read_text())
     return metrics
-
-
-def mlflow_ui_base() -> str:
-    return os.environ.get(MLFLOW_UI_ENV, "http://127.0.0.1:5000").rstrip("/")
-
-
-def mlflow_run_url(experiment_id: str, run_id: str) -> str:
-    return f"{mlflow_ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def mlflow_runs_of(root: Path, run_id: str) -> list:
@@ -274,7 +299,7 @@ def mlflow_links(root: Path, run_id: str | None) -> str:
         return ""
     lines = []
     for run in mlflow_runs_of(root, run_id):
-        url = mlflow_run_url(run.info.experiment_id, run.info.run_id)
+        url = tracking.run_url(run.info.experiment_id, run.info.run_id)
         log.info("MLflow run %s: %s", run.info.run_name, url)
         lines.append(f"- [{run.info.run_name}]({url}) ({run.info.status.lower()})")
     return "\n".join(lines) or "(none: no stage that ran in this flow run logs to MLflow)"
@@ -300,7 +325,8 @@ def pipeline(targets: list[str] | None = None, force: bool = False, rerun: list[
              task_runner: str | None = None, root: str = ".") -> dict[str, dict]:
     """Reproduce the DVC pipeline (or `targets` and their upstream stages) stage by stage in DAG
     order; `force` runs every stage (`dvc repro --force`), `rerun` only the stages named (or their
-    foreach groups, e.g. `benchmark`) even if unchanged. Returns {case: {"evaluate": ..., "quantize": ...}}."""
+    foreach groups, e.g. `benchmark`) even if unchanged. Returns {case: {"evaluate": ..., "quantize": ...}}
+    for the cases of the stages it covered."""
     log = get_run_logger()
     path = Path(root).resolve()
     run_id, _ = current_run()
@@ -316,13 +342,16 @@ def pipeline(targets: list[str] | None = None, force: bool = False, rerun: list[
         for stage in step:
             if stage in outcomes:
                 continue
-            outcomes[stage] = with_retries(repro_stage, stage, fetch_retries)(str(path), stage, run_id, stage in forced)
-    metrics = read_metrics(path)
-    stages = "\n".join(f"| `{s}` | {OUTCOME_TEXT[o]} |" for s, o in outcomes.items())
+            outcomes[stage] = outcome_of(with_retries(repro_stage, stage, fetch_retries), root=str(path), stage=stage,
+                                         run_id=run_id, force=stage in forced)
+    metrics = read_metrics(path, stage_cases(outcomes))
+    stages = "\n".join(f"| `{s}` | {'**ran**' if STATE_NAME[o] == 'Completed' else STATE_NAME[o]} | {OUTCOME_TEXT[o]} |"
+                       for s, o in outcomes.items())
     create_markdown_artifact(
         key="pipeline-run", description="DVC stages, MLflow runs and metrics of this pipeline run",
-        markdown=f"# Pipeline run\n\nRepository: `{path}`\n\n| stage | outcome |\n|---|---|\n{stages}\n\n"
-                 f"## MLflow runs\n\n{mlflow_links(path, run_id)}\n\n## Metrics\n\n{metrics_table(metrics)}\n")
+        markdown=f"# Pipeline run\n\nRepository: `{path}`\n\n| stage | state | what happened |\n|---|---|---|\n{stages}\n\n"
+                 f"## MLflow runs\n\n{mlflow_links(path, run_id)}\n\n"
+                 f"## Metrics of {', '.join(sorted(metrics)) or 'no case'}\n\n{metrics_table(metrics)}\n")
     ran = [s for s, o in outcomes.items() if o in ("ran", "committed")]
     log.info("done: %d stages ran (%s), %d reused", len(ran), ", ".join(ran) or "none", len(outcomes) - len(ran))
     return metrics
@@ -414,9 +443,26 @@ def param_value(params: dict, key: str) -> Any:
     return None
 
 
-def flat_metrics(metrics: dict[str, dict]) -> dict[str, float]:
-    """Numeric leaves of every metrics file, keyed `<case>/<file>/<path>` (metrics/covid/quantize.json:
-    variants.mp.accuracy -> covid/quantize/variants/mp/accuracy); per-layer `bits` maps are left out."""
+def point_name(point: dict[str, Any]) -> str:
+    """A run name from a grid point: each key by its shortest unique dotted suffix
+    ({"ilp.size_lambda": 0.25, "quantize.qat.epochs": 0} -> `size_lambda=0.25 epochs=0`)."""
+    keys = list(point)
+
+    def short(key: str) -> str:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if not any(k != key and (k == suffix or k.endswith("." + suffix)) for k in keys):
+                return suffix
+        return key
+
+    return " ".join(f"{short(k)}={json.dumps(v, separators=(',', ':')).strip(chr(34))}" for k, v in point.items())
+
+
+def flat_metrics(metrics: dict[str, dict], cases: set[str] | None = None) -> dict[str, float]:
+    """Numeric leaves of the metrics files of `cases` (all: None), keyed `<case>/<file>/<path>`
+    (metrics/covid/quantize.json: variants.mp.accuracy -> covid/quantize/variants/mp/accuracy);
+    per-layer `bits` maps are left out."""
     out: dict[str, float] = {}
 
     def walk(node: Any, key: str) -> None:
@@ -429,14 +475,17 @@ def flat_metrics(metrics: dict[str, dict]) -> dict[str, float]:
 
     for path, entry in metrics.items():
         parts = [p for p in Path(path).with_suffix("").parts if p != "metrics"]
-        walk((entry or {}).get("data") or {}, "/".join(parts))
+        if cases is None or parts[0] in cases:
+            walk((entry or {}).get("data") or {}, "/".join(parts))
     return out
 
 
 @task(name="mlflow-log-experiment", task_run_name="mlflow {name}", cache_policy=NO_CACHE)
 def log_experiment(uri: str, experiment_id: str, parent_run_id: str, name: str, status: str, point: dict,
-                   exp: dict | None, targets: list[str] | None, run_id: str | None, run_url: str | None) -> str:
-    """One MLflow run (child of the sweep's run, by explicit id) with a DVC experiment's params and metrics."""
+                   exp: dict | None, targets: list[str] | None, cases: list[str], run_id: str | None,
+                   run_url: str | None) -> str:
+    """One MLflow run (child of the sweep's run, by explicit id), named after its point of the grid,
+    with a DVC experiment's params and the metrics of the targeted `cases`."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -444,21 +493,23 @@ def log_experiment(uri: str, experiment_id: str, parent_run_id: str, name: str, 
     tags = {"mlflow.parentRunId": parent_run_id, "dvc.exp_name": name, "dvc.queue_status": status}
     if run_id:
         tags["prefect.flow_run_id"] = run_id
-    note = f"DVC experiment `{name}`: `dvc exp show`, `dvc exp apply {name}`."
+    note = (f"**{point_name(point)}** ({', '.join(override(k, v) for k, v in point.items())}): DVC experiment "
+            f"`{name}`, {status.lower()}; `dvc exp show`, `dvc exp apply {name}`. Metrics of {', '.join(cases)}.")
     if exp:
         tags |= {"dvc.exp_rev": exp["rev"], "dvc.baseline_rev": exp["baseline"]}
     if run_url:
         tags["prefect.flow_run_url"] = run_url
-        note += f" Started by [this Prefect flow run]({run_url})."
-    tags["mlflow.note.content"] = note
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
+        note += f"\n\nStarted by [Prefect flow run {run_id}]({run_url})."
+    tags[tracking.NOTE_TAG] = note
+    run = client.create_run(experiment_id, run_name=point_name(point), tags=tags)
     now = int(time.time() * 1000)
     # The params as DVC recorded them for the experiment (the requested point if it failed before that).
     ran = (exp or {}).get("data", {}).get("params") or {}
     values = {k: param_value(ran, k) if ran else v for k, v in point.items()}
     params = [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values.items()]
     params.append(Param("dvc.targets", " ".join(targets or []) or "all"))
-    metrics = [Metric(k, v, now, 0) for k, v in flat_metrics((exp or {}).get("data", {}).get("metrics") or {}).items()]
+    found = flat_metrics((exp or {}).get("data", {}).get("metrics") or {}, set(cases))
+    metrics = [Metric(k, v, now, 0) for k, v in found.items()]
     client.log_batch(run.info.run_id, params=params)
     for i in range(0, len(metrics), 1000):
         client.log_batch(run.info.run_id, metrics=metrics[i:i + 1000])
@@ -478,7 +529,8 @@ def sweep(grid: dict[str, list] = {"ilp.size_lambda": [0.25, 0.5, 0.75]}, target
           jobs: int = 2, timeout_minutes: float = 360, task_runner: str | None = None, root: str = ".") -> list[dict]:
     """Run one DVC experiment per point of `grid` (dotted params.yaml keys -> values) through DVC's
     queue (`jobs` at once), then log each as an MLflow run under one parent run of experiment
-    tinym2net-sweep, tagged with this flow run; returns [{name, status, params, mlflow_run_id}]."""
+    tinym2net-sweep, tagged with this flow run, each named after its params and holding the metrics of
+    the cases `targets` cover (all cases without targets); returns [{name, status, params, mlflow_run_id}]."""
     from mlflow import MlflowClient
 
     log = get_run_logger()
@@ -488,6 +540,7 @@ def sweep(grid: dict[str, list] = {"ilp.size_lambda": [0.25, 0.5, 0.75]}, target
     if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=path, capture_output=True).returncode:
         raise DvcError(f"{path}: DVC experiments branch from a git commit; commit the project first")
     points = grid_points(grid)
+    cases = sorted(stage_cases(s for step in stage_generations(path, targets) for s in step))
     prefix = f"sweep-{(run_id or 'local')[:8]}"
     names = [f"{prefix}-{i}" for i in range(len(points))]
     ensure_case_experiments(path)
@@ -501,28 +554,33 @@ def sweep(grid: dict[str, list] = {"ilp.size_lambda": [0.25, 0.5, 0.75]}, target
     experiment = client.get_experiment_by_name(SWEEP_EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         SWEEP_EXPERIMENT, artifact_location=(path / "mlartifacts" / "sweep").as_uri())
+    tracking.describe_experiment(client, experiment_id, SWEEP_NOTE)
     tags = {"prefect.flow_run_id": run_id or "", "dvc.grid": json.dumps(grid)}
+    note = (f"**Sweep** over `{json.dumps(grid)}`, targets: {', '.join(targets or []) or 'all'} "
+            f"(metrics of {', '.join(cases)}): {len(points)} DVC experiments `{prefix}-<i>`.")
     if run_url:
-        tags |= {"prefect.flow_run_url": run_url, "mlflow.note.content": f"Grid run by [this Prefect flow run]({run_url})."}
-    parent = client.create_run(experiment_id, run_name=f"{prefix} ({flow_run.get_name() or 'local'})", tags=tags)
+        tags["prefect.flow_run_url"] = run_url
+        note += f"\n\nStarted by [Prefect flow run {run_id}]({run_url})."
+    parent = client.create_run(experiment_id, run_name=f"sweep {flow_run.get_name() or prefix}", tags=tags)
     mlflow_ids = fan_out(task_runner, [
         (log_experiment, dict(uri=uri, experiment_id=experiment_id, parent_run_id=parent.info.run_id, name=name,
-                              status=statuses[name], point=point, exp=found.get(name), targets=targets,
+                              status=statuses[name], point=point, exp=found.get(name), targets=targets, cases=cases,
                               run_id=run_id, run_url=run_url))
         for name, point in zip(names, points)])
+    tracking.link_children(client, parent, note)
     failed = [n for n in names if statuses[n] != "Success"]
     client.set_terminated(parent.info.run_id, "FAILED" if failed else "FINISHED")
 
     rows = [dict(name=n, status=statuses[n], params=p, mlflow_run_id=m) for n, p, m in zip(names, points, mlflow_ids)]
     table = "\n".join(f"| {r['name']} | {', '.join(override(k, v) for k, v in r['params'].items())} | {r['status']} "
-                      f"| [{r['mlflow_run_id'][:8]}]({mlflow_run_url(experiment_id, r['mlflow_run_id'])}) |" for r in rows)
-    compare = f"{mlflow_ui_base()}/#/experiments/{experiment_id}"
+                      f"| [{point_name(r['params'])}]({tracking.run_url(experiment_id, r['mlflow_run_id'])}) |" for r in rows)
+    compare = tracking.compare_url(experiment_id, mlflow_ids)
     create_markdown_artifact(
         key="sweep-run", description="DVC experiments of this sweep and their MLflow runs",
-        markdown=f"# Sweep\n\nGrid: `{json.dumps(grid)}`, targets: {', '.join(targets or []) or 'all'}\n\n"
+        markdown=f"# Sweep\n\nGrid: `{json.dumps(grid)}`, targets: {', '.join(targets or []) or 'all'} "
+                 f"(metrics of {', '.join(cases)})\n\n"
                  f"| DVC experiment | params | status | MLflow run |\n|---|---|---|---|\n{table}\n\n"
-                 f"Compare them in MLflow: [{SWEEP_EXPERIMENT}]({compare}) (select the runs, press Compare); "
-                 f"in DVC: `dvc exp show`.\n")
+                 f"[Compare these runs in MLflow]({compare}) (experiment {SWEEP_EXPERIMENT}); in DVC: `dvc exp show`.\n")
     log.info("sweep logged to MLflow: %s (parent run %s)", compare, parent.info.run_id)
     if failed:
         raise DvcError(f"DVC experiments failed: {', '.join(failed)} (`dvc queue logs <name>`)")

@@ -1,10 +1,12 @@
 """Prefect orchestration on loopback: a real Prefect server, the deployments of prefect.yaml, a real
 process worker running the pipeline flow on the reduced configuration in a temporary git+DVC
-repository, and the sweep flow's DVC experiments landing in MLflow with the flow-run tag."""
+repository (reused stages visibly `Reused`), and the sweep flow's DVC experiments landing in MLflow,
+named after their params, with the flow-run link."""
 import json
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime
 
@@ -77,8 +79,7 @@ def server(tmp_path_factory, repo):
 def deployments(repo, server):
     """The deployments of prefect.yaml, registered from the repository (name -> deployment)."""
     url, env = server
-    run(["prefect", "--no-prompt", "work-pool", "create", "local", "--type", "process"], repo, env)
-    run(["python", "scripts/deploy.py"], repo, env)
+    run(["python", "scripts/deploy.py"], repo, env)  # creates the work pool `local` too
     return {d["name"]: d for d in api(f"{url}/deployments/filter", {"limit": 50, "offset": 0})}
 
 
@@ -122,6 +123,18 @@ def flow_logs(url: str, flow_run_id: str, until: str = "done:") -> str:
         if until in text or time.monotonic() > deadline:
             return text
         time.sleep(1)
+
+
+def task_states(url: str, flow_run_id: str) -> dict[str, str]:
+    """Task run name -> the name of its final state."""
+    runs = api(f"{url}/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "offset": 0})
+    return {r["name"]: r["state"]["name"] for r in runs}
+
+
+def compare_link(note: str) -> list[str]:
+    """The run ids of the one compare-runs link in an MLflow description."""
+    (link,) = [part.split(")")[0] for part in note.split("(") if "/#/compare-runs?" in part]
+    return json.loads(urllib.parse.parse_qs(link.split("?", 1)[1])["runs"][0])
 
 
 def tagged_runs(repo, experiment: str, flow_run_id: str) -> list:
@@ -180,15 +193,20 @@ def test_pipeline_deployment_runs_on_a_process_worker(repo, server, deployments,
     assert "up to date" in run(["dvc", "status", "--with-deps", *TARGETS], repo, env)
     assert {"fetch@battlefield", "featurize@battlefield", "quantize@covid"} <= set(
         yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
-    # Each stage's MLflow run carries the flow-run id; the flow run's artifact links to them.
+    assert set(task_states(url, flow_run["id"]).values()) == {"Completed"}  # every stage ran
+    # Each stage's MLflow run carries the flow-run id and links to the flow run; the flow run's artifact links to them.
     runs = {r.info.run_name: r for r in tagged_runs(repo, "tinym2net-covid", flow_run["id"])}
-    assert {"train-covid", "quantize-covid"} <= set(runs)
+    assert {"covid/train", "covid/quantize", "covid/quantize/mp", "covid/train/fused"} <= set(runs)
+    prefect_ui = url.removesuffix("/api")
+    train, quantize = runs["covid/train"], runs["covid/quantize"]
+    assert f"]({prefect_ui}/runs/flow-run/{flow_run['id']})" in train.data.tags["mlflow.note.content"]
+    children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == quantize.info.run_id]
+    assert sorted(compare_link(quantize.data.tags["mlflow.note.content"])) == sorted(r.info.run_id for r in children)
     artifacts = api(f"{url}/artifacts/filter", {"limit": 10, "offset": 0,
                                                 "artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
     markdown = next(a["data"] for a in artifacts if a["key"] == "pipeline-run")
-    train = runs["train-covid"]
     assert f"http://127.0.0.1:5999/#/experiments/{train.info.experiment_id}/runs/{train.info.run_id}" in markdown
-    assert "| covid | mp (quantized) |" in markdown and "| `quantize@covid` | DVC ran the stage |" in markdown
+    assert "| covid | mp (quantized) |" in markdown and "| `quantize@covid` | **ran** | DVC ran the stage |" in markdown
 
 
 def test_second_run_reuses_what_did_not_change(repo, server, deployments, worker):
@@ -201,6 +219,15 @@ def test_second_run_reuses_what_did_not_change(repo, server, deployments, worker
         assert f"{stage}: unchanged, DVC reused its outputs" in logs
     assert "ilp@covid: DVC ran the stage" in logs and "done: 1 stages ran (ilp@covid), 5 reused" in logs
     assert tagged_runs(repo, "tinym2net-covid", flow_run["id"]) == []  # no stage here logs to MLflow
+    # In the Prefect UI a reused stage is not a plain `Completed`, in the task list and in the run's artifact.
+    states = task_states(url, flow_run["id"])
+    assert states == {"fetch@covid": "Reused", "slice@covid": "Reused", "featurize@covid": "Reused",
+                      "train@covid": "Reused", "sensitivity@covid": "Reused", "ilp@covid": "Completed"}
+    artifacts = api(f"{url}/artifacts/filter", {"limit": 10, "offset": 0,
+                                                "artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+    markdown = next(a["data"] for a in artifacts if a["key"] == "pipeline-run")
+    assert "| `train@covid` | Reused | unchanged, DVC reused its outputs |" in markdown
+    assert "| `ilp@covid` | **ran** |" in markdown
 
 
 def test_sweep_logs_each_dvc_experiment_to_mlflow(repo, server, deployments, worker):
@@ -217,6 +244,11 @@ def test_sweep_logs_each_dvc_experiment_to_mlflow(repo, server, deployments, wor
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(runs) == 3 and len(children) == 2
+    # named after their params, holding only the targeted case's metrics, compared from the parent
+    assert {r.info.run_name for r in children} == {"size_lambda=0.3 epochs=0", "size_lambda=0.6 epochs=0"}
+    assert all(k.startswith("covid/") for r in children for k in r.data.metrics)
+    assert sorted(compare_link(parent.data.tags["mlflow.note.content"])) == sorted(r.info.run_id for r in children)
+    assert all(f"/runs/flow-run/{flow_run['id']})" in r.data.tags["mlflow.note.content"] for r in runs)
     assert {r.data.params["ilp.size_lambda"] for r in children} == {"0.3", "0.6"}
     assert {r.data.params["quantize.qat.epochs"] for r in children} == {"0"}
     exp_revs = {rev["rev"] for base in json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
@@ -230,5 +262,21 @@ def test_sweep_logs_each_dvc_experiment_to_mlflow(repo, server, deployments, wor
     small, large = sorted(children, key=lambda r: float(r.data.params["ilp.size_lambda"]))
     assert small.data.metrics["covid/quantize/variants/mp/size_kib"] <= large.data.metrics["covid/quantize/variants/mp/size_kib"]
     # The stages that ran inside DVC's temporary experiment copies were tagged with the flow run too.
-    stage_runs = [r for r in tagged_runs(repo, "tinym2net-covid", flow_run["id"]) if r.info.run_name == "quantize-covid"]
+    stage_runs = [r for r in tagged_runs(repo, "tinym2net-covid", flow_run["id"]) if r.info.run_name == "covid/quantize"]
     assert len(stage_runs) == 2
+
+
+def test_run_artifacts_and_sweep_runs_hold_only_the_targeted_cases(tmp_path):
+    from pipelines.flows import flat_metrics, point_name, read_metrics
+
+    for case in ("covid", "battlefield"):
+        (tmp_path / "metrics" / case).mkdir(parents=True)
+        (tmp_path / "metrics" / case / "quantize.json").write_text(json.dumps({"variants": {"mp": {"accuracy": 0.9}}}))
+    assert set(read_metrics(tmp_path, {"covid"})) == {"covid"}
+    shown = {f"metrics/{case}/quantize.json": {"data": {"variants": {"mp": {"accuracy": 0.9, "bits": {"a": 4}}}}}
+             for case in ("covid", "battlefield")}
+    assert flat_metrics(shown, {"battlefield"}) == {"battlefield/quantize/variants/mp/accuracy": 0.9}
+    assert len(flat_metrics(shown)) == 2
+    # names from params: each key by its shortest unique suffix, so two points never share a name
+    assert point_name({"ilp.bit_choices": [4, 8], "quantize.bit_choices": [2], "ilp.size_lambda": 0.5}) == \
+        "ilp.bit_choices=[4,8] quantize.bit_choices=[2] size_lambda=0.5"
