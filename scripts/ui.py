@@ -211,23 +211,39 @@ def credentials() -> tuple[str, str]:
     return user, password
 
 
-def mlflow_auth(env: dict, user: str, password: str) -> list[str]:
-    """Configure MLflow's basic-auth app (admin `user` with `password`, no rights for anyone else);
-    the `mlflow server` arguments that enable it."""
+# Run apart (importing MLflow here would slow this process's exit by seconds): the admin user of the
+# auth store gets the password of the credentials file (read from stdin: not visible in `ps`), which
+# stays the one source; prints MLflow's default allowed Host headers.
+MLFLOW_AUTH_SETUP = """
+import sys
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+from mlflow.server.security_utils import get_default_allowed_hosts
+db, user, password = sys.argv[1], sys.argv[2], sys.stdin.read()
+store = SqlAlchemyStore()
+store.init_db(db)
+if store.has_user(user):
+    store.update_user(user, password=password, is_admin=True)
+else:
+    store.create_user(user, password, is_admin=True)
+print(",".join(get_default_allowed_hosts()))
+"""
+
+
+def mlflow_auth(env: dict, user: str, password: str, public: str) -> list[str]:
+    """Configure MLflow's basic-auth app (admin `user` with `password`, no rights for anyone else) and
+    the Host headers it answers (DNS-rebinding protection: also this machine's name); the `mlflow
+    server` arguments that enable it."""
     db = f"sqlite:///{LOGS / 'mlflow-auth.db'}"
     ini = LOGS / "mlflow-auth.ini"
     ini.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                    f"database_uri = {db}\nadmin_username = {user}\n"
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
-
-    store = SqlAlchemyStore()
-    store.init_db(db)
-    if store.has_user(user):  # the credentials file is the one source: a new password replaces the old
-        store.update_user(user, password=password, is_admin=True)
-    else:
-        store.create_user(user, password, is_admin=True)
+    setup = subprocess.run([sys.executable, "-c", MLFLOW_AUTH_SETUP, db, user], input=password, env=env,
+                           capture_output=True, text=True)
+    if setup.returncode != 0:
+        raise Failed(f"setting up MLflow's login failed:\n{setup.stderr[-2000:]}")
     env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+    env.setdefault("MLFLOW_SERVER_ALLOWED_HOSTS", ",".join([setup.stdout.strip(), public, f"{public}:*"]))
     return ["--app-name", "basic-auth"]
 
 
@@ -266,10 +282,7 @@ def serve(processes: Processes) -> None:
                        "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": env["PREFECT_UI_URL"]}
         env["PREFECT_API_AUTH_STRING"] = f"{user}:{password}"  # the deployments, the worker and its flows
         mlflow_env = dict(env)
-        mlflow_args = mlflow_auth(mlflow_env, user, password)
-        if not env.get("MLFLOW_SERVER_ALLOWED_HOSTS"):  # DNS-rebinding protection: also this machine's name
-            from mlflow.server.security_utils import get_default_allowed_hosts
-            mlflow_env["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join([*get_default_allowed_hosts(), public, f"{public}:*"])
+        mlflow_args = mlflow_auth(mlflow_env, user, password, public)
     else:
         mlflow_env = dict(env)
 

@@ -64,7 +64,12 @@ class Prefect:
             self.headers |= {"Prefect-Csrf-Token": token["token"], "Prefect-Csrf-Client": "test-ui"}
 
     def __call__(self, path: str, body=None, method: str | None = None):
-        return request(f"{self.api}{path}", body, method, self.headers)
+        for attempt in range(5):  # a 503 (SQLite busy) is retried, as Prefect's own client does
+            status, answer = request(f"{self.api}{path}", body, method, self.headers)
+            if status != 503:
+                break
+            time.sleep(2 * (attempt + 1))
+        return status, answer
 
     def ok(self, path: str, body=None, method: str | None = None):
         status, answer = self(path, body, method)
