@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 
-def confusion_png(y_true, y_pred, classes: list[str], path: Path, title: str) -> None:
-    """Write the confusion matrix (counts, rows = true class) as a PNG."""
+def confusion_png(y_true, y_pred, classes: list[str], path, title: str) -> None:
+    """Write the confusion matrix (counts, rows = true class) as a PNG (to a path or a binary file)."""
     cm = skm.confusion_matrix(y_true, y_pred, labels=np.arange(len(classes)))
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(classes), 1.0 + 0.9 * len(classes)), dpi=100)
     ax.imshow(cm, cmap="Blues")

@@ -70,16 +70,19 @@ def set_experiment(case: str, root: Path):
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, case: str, root: Path = Path(".")):
-    """An MLflow run for one execution of `stage` on `case`, tagged for lineage."""
+def stage_run(stage: str, case: str, root: Path = Path("."), partition: int | None = None):
+    """An MLflow run for one execution of `stage` on `case` (and `partition`), tagged for lineage."""
     import mlflow
 
     set_experiment(case, root)
     tags = {"stage": stage, "case": case, "git_commit": git_commit(Path(root))}
-    tags.update({f"dvc.dep.{path}": md5 for path, md5 in dvc_dependency_hashes(f"{stage}@{case}", Path(root)).items()})
+    item = case if partition is None else f"{case}-{partition}"  # the DVC stage: <stage>@<case>[-<partition>]
+    if partition is not None:
+        tags["partition"] = str(partition)
+    tags.update({f"dvc.dep.{path}": md5 for path, md5 in dvc_dependency_hashes(f"{stage}@{item}", Path(root)).items()})
     if os.environ.get("TINYM2NET_FLOW_RUN_ID"):  # set by the Prefect flows (pipelines/flows.py)
         tags["prefect.flow_run_id"] = os.environ["TINYM2NET_FLOW_RUN_ID"]
-    with mlflow.start_run(run_name=f"{stage}-{case}", tags=tags) as run:
+    with mlflow.start_run(run_name=f"{stage}-{item}", tags=tags) as run:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, run.info.run_name, tracking_uri(root))
         yield run
 

@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import csv
 import logging
-from pathlib import Path
 
 import numpy as np
 from scipy import signal
 from tqdm import tqdm
 
 from .. import media
-from ..config import fraction, full_key, get, positive
 from ..errors import ParamsError
-from . import MANIFEST, VIDEO_COLUMNS, write_manifest
+from . import is_video
 
 log = logging.getLogger(__name__)
-
-COUGH, SPEECH = "cough-heavy", "counting-normal"
-
 
 def _bandpass(x: np.ndarray, lo: float, hi: float, sr: int) -> np.ndarray:
     hi = min(hi, 0.45 * sr)
@@ -96,55 +91,80 @@ def _speech(rng: np.random.Generator, seconds: float, sr: int, f0: float, hoarse
     return out
 
 
-def fetch_paired_audio(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
-    """Write demo participants in the Coswara layout plus the raw manifest."""
-    count = positive(cfg, "demo.participants", integer=True)
-    frac = fraction(cfg, "demo.positive_fraction")
-    rates = get(cfg, "demo.sample_rates")
-    for key in ("demo.cough_seconds", "demo.speech_seconds"):
-        lo, hi = get(cfg, key)
-        if not 0 < lo <= hi:
-            raise ParamsError(f"params.yaml: {full_key(cfg, key)} must be [min, max] with 0 < min <= max (got {[lo, hi]})")
-    lo_c, hi_c = get(cfg, "demo.cough_seconds")
-    lo_s, hi_s = get(cfg, "demo.speech_seconds")
-    negative_label, positive_label = case_info["classes"]
-    date = str(get(cfg, "demo.date"))
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(count, int)
-    labels[: int(round(count * frac))] = 1
+def _breathing(rng: np.random.Generator, seconds: float, sr: int, center: float, wheeze: bool) -> np.ndarray:
+    """Deep breaths: slow swells of band noise around `center`; a wheeze adds a faint whistle in each breath."""
+    n = int(seconds * sr)
+    out = np.zeros(n)
+    t = rng.uniform(0.1, 0.5)
+    while t < seconds - 0.5:
+        m = int(rng.uniform(1.2, 2.0) * sr)
+        env = np.sin(np.linspace(0, np.pi, m)) ** 2
+        breath = _bandpass(rng.standard_normal(m), center * 0.5, center * 2.0, sr)
+        breath /= np.abs(breath).max() + 1e-9
+        if wheeze:
+            f = rng.uniform(400, 900)
+            breath = 0.7 * breath + 0.3 * np.sin(2 * np.pi * f * np.arange(m) / sr + rng.uniform(0, 6.3))
+        start = int(t * sr)
+        stop = min(n, start + m)
+        out[start:stop] += (env * breath)[: stop - start]
+        t += m / sr + rng.uniform(0.3, 0.8)
+    return out
+
+
+# modality name -> (Coswara recording name, generator(rng, seconds, sr, trait, sign), trait range)
+RECORDINGS = {"cough": ("cough-heavy", _cough, (1200, 2800)),
+              "speech": ("counting-normal", _speech, (90, 240)),
+              "breathing": ("breathing-deep", _breathing, (300, 1200))}
+
+
+def _fetch_audio(opts, ctx) -> list[dict]:
+    """Demo participants in the Coswara layout (`<date>/<id>/<recording>.wav`, `<date>/<date>.csv`,
+    `combined_data.csv`): a positive participant shows the disease in one modality (80%, each equally
+    likely) or in all of them (20%); 5% of negative participants show each sign by chance."""
+    modalities = list(ctx.modalities)
+    unknown = [m for m in modalities if m not in RECORDINGS]
+    if unknown:
+        raise ParamsError(f"params.yaml: cases.{ctx.case}.modalities: the demo source makes no {unknown[0]!r} "
+                          f"recording (it makes {', '.join(RECORDINGS)})")
+    missing = [m for m in modalities if m not in opts.seconds]
+    if missing:
+        raise ParamsError(f"params.yaml: fetch.{ctx.case}.demo.seconds: no length range for {missing[0]!r}")
+    if len(ctx.classes) != 2:
+        raise ParamsError(f"params.yaml: cases.{ctx.case}.classes: the audio demo is binary (negative, positive)")
+    negative_label, positive_label = ctx.classes
+    rng = np.random.default_rng(ctx.seed)
+    labels = np.zeros(opts.participants, int)
+    labels[: int(round(opts.participants * opts.positive_fraction))] = 1
     rng.shuffle(labels)
-    day = out_dir / date
-    day.mkdir(parents=True)
+    date = opts.date
     rows, meta = [], []
-    for i in tqdm(range(count), desc="demo participants", unit="participant"):
-        pid = f"demo{seed:02d}P{i:04d}"
+    for i in tqdm(range(opts.participants), desc="demo participants", unit="participant"):
+        pid = f"demo{ctx.seed:02d}P{i:04d}"
         if labels[i]:
-            pattern = rng.choice(["cough", "speech", "both"], p=[0.4, 0.4, 0.2])
-            wet, hoarse = pattern in ("cough", "both"), pattern in ("speech", "both")
+            shows = set(modalities) if rng.random() < 0.2 else {modalities[rng.integers(len(modalities))]}
         else:
-            wet, hoarse = rng.random() < 0.05, rng.random() < 0.05
-        sr = int(rng.choice(rates))
+            shows = {m for m in modalities if rng.random() < 0.05}
+        sr = int(rng.choice(opts.sample_rates))
         gain = rng.uniform(0.3, 0.8)
-        cough = _cough(rng, rng.uniform(lo_c, hi_c), sr, rng.uniform(1200, 2800), wet)
-        speech = _speech(rng, rng.uniform(lo_s, hi_s), sr, rng.uniform(90, 240), hoarse)
-        folder = day / pid
-        folder.mkdir()
-        for name, audio in ((COUGH, cough), (SPEECH, speech)):
+        row = {"subject_id": pid, "label": positive_label if labels[i] else negative_label}
+        for m in modalities:
+            recording, make, (lo, hi) = RECORDINGS[m]
+            audio = make(rng, rng.uniform(*opts.seconds[m]), sr, rng.uniform(lo, hi), m in shows)
             audio = gain * audio / (np.abs(audio).max() + 1e-9)
             audio += rng.uniform(0.002, 0.01) * rng.standard_normal(audio.size)
-            media.write_wav(folder / f"{name}.wav", audio.astype(np.float32), sr)
-        status = "positive_mild" if labels[i] else "healthy"
-        meta.append({"id": pid, "covid_status": status, "record_date": date})
-        rows.append({"subject_id": pid, "label": positive_label if labels[i] else negative_label,
-                     case_info["modalities"][0]: f"{date}/{pid}/{COUGH}.wav",
-                     case_info["modalities"][1]: f"{date}/{pid}/{SPEECH}.wav"})
-    for path in (day / f"{date}.csv", out_dir / "combined_data.csv"):
-        with open(path, "w", newline="") as fh:
+            rel = f"{date}/{pid}/{recording}.wav"
+            ctx.out.mkdir(f"{date}/{pid}")
+            media.write_wav(ctx.out.path(rel), audio.astype(np.float32), sr)
+            row[m] = rel
+        rows.append(row)
+        meta.append({"id": pid, "covid_status": "positive_mild" if labels[i] else "healthy", "record_date": date})
+    for rel in (f"{date}/{date}.csv", "combined_data.csv"):
+        with open(ctx.out.path(rel), "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["id", "covid_status", "record_date"])
             writer.writeheader()
             writer.writerows(meta)
-    write_manifest(out_dir / MANIFEST, ["subject_id", "label", *case_info["modalities"]], rows)
-    log.info("wrote %d demo participants (%d positive) to %s", count, labels.sum(), out_dir)
+    log.info("wrote %d demo participants (%d positive)", opts.participants, labels.sum())
+    return rows
 
 
 # ----------------------------------------------------------------------------- battlefield
@@ -225,27 +245,27 @@ VISUAL = {"helicopter": "helicopter", "tank": "tank", "bomb": "fire", "gun": "fi
 SOUND = {"helicopter": "engine", "tank": "engine", "bomb": "boom", "gun": "gunfire"}
 
 
-def fetch_video(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
-    """Write demo mp4 videos (`videos/<label>/<id>.mp4`) plus the raw manifest."""
-    per_class = positive(cfg, "demo.videos_per_class", integer=True)
-    seconds = positive(cfg, "demo.seconds")
-    fps = positive(cfg, "demo.fps", integer=True)
-    size = positive(cfg, "demo.size", integer=True)
-    sr = positive(cfg, "demo.sample_rate", integer=True)
-    unknown = [c for c in case_info["classes"] if c not in VISUAL]
+def _fetch_video(opts, ctx) -> list[dict]:
+    """Demo mp4 videos (`videos/<label>/<id>.mp4`), every video modality reading the same file."""
+    unknown = [c for c in ctx.classes if c not in VISUAL]
     if unknown:
-        raise ParamsError(f"params.yaml: cases: the demo source has no video class {unknown[0]!r} "
-                          f"(it makes {', '.join(VISUAL)})")
-    rng = np.random.default_rng(seed)
+        raise ParamsError(f"params.yaml: cases.{ctx.case}.classes: the demo source has no video class "
+                          f"{unknown[0]!r} (it makes {', '.join(VISUAL)})")
+    rng = np.random.default_rng(ctx.seed)
     rows = []
-    jobs = [(label, k) for k in range(per_class) for label in case_info["classes"]]
+    jobs = [(label, k) for k in range(opts.videos_per_class) for label in ctx.classes]
     for label, k in tqdm(jobs, desc="demo videos", unit="video"):
         vid = f"demo-{label}-{k}"
-        frames = _scene(rng, VISUAL[label], int(seconds * fps), size)
-        audio = _soundtrack(rng, SOUND[label], seconds, sr)
-        path = Path("videos") / label / f"{vid}.mp4"
-        (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
-        media.write_video(out_dir / path, frames, fps, audio, sr)
-        rows.append({"video_id": vid, "label": label, "path": path.as_posix(), "start": "", "end": ""})
-    write_manifest(out_dir / MANIFEST, VIDEO_COLUMNS, rows)
-    log.info("wrote %d demo videos of %.0f s to %s", len(rows), seconds, out_dir)
+        frames = _scene(rng, VISUAL[label], int(opts.seconds * opts.fps), opts.size)
+        audio = _soundtrack(rng, SOUND[label], opts.seconds, opts.sample_rate)
+        rel = f"videos/{label}/{vid}.mp4"
+        ctx.out.mkdir(f"videos/{label}")
+        media.write_video(ctx.out.path(rel), frames, opts.fps, audio, opts.sample_rate)
+        rows.append({"subject_id": vid, "label": label, **{m: rel for m in ctx.modalities}})
+    log.info("wrote %d demo videos of %.0f s", len(rows), opts.seconds)
+    return rows
+
+
+def fetch(opts, ctx) -> list[dict]:
+    """The demo case: participants' recordings for an audio case, videos for a video case."""
+    return _fetch_video(opts, ctx) if is_video(ctx.info) else _fetch_audio(opts, ctx)
