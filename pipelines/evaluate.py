@@ -43,8 +43,8 @@ def summarize(params: Params, case: str, parts: list[dict]) -> dict:
     n_train = float(np.mean([p["train_samples"] for p in parts]))
     n_test = float(np.mean([p["test_samples"] for p in parts]))
 
-    def spread(values):
-        return metrics.interval(values, n_train, n_test, cfg.confidence)
+    def spread(values, bounds=(0.0, 1.0)):
+        return metrics.interval(values, n_train, n_test, cfg.confidence, bounds)
 
     models, warnings = {}, []
     for name in info.models:
@@ -61,13 +61,14 @@ def summarize(params: Params, case: str, parts: list[dict]) -> dict:
         figures["collapsed_partitions"] = chance
         figures["params"] = per[0]["params"]
         if figures["collapsed"]:
-            warnings.append(f"{name}: COLLAPSED to the majority class (UAR {figures['uar']['mean']:.3f}, chance "
-                            f"{1 / len(info.classes):.3f}); its accuracy is not a result")
+            warnings.append(f"{name}: COLLAPSED to chance (UAR {figures['uar']['mean']:.3f}, chance "
+                            f"{1 / len(info.classes):.3f}: it predicts the majority class or guesses); "
+                            f"its accuracy is not a result")
         models[name] = figures
     gain = {}
     if "fused" in info.models:
         for m in info.modalities:
-            gain[m] = {k: spread([p["models"]["fused"][k] - p["models"][m][k] for p in parts])
+            gain[m] = {k: spread([p["models"]["fused"][k] - p["models"][m][k] for p in parts], (-1.0, 1.0))
                        for k in ("accuracy", "uar")}
     return {"models": models, "gain": gain, "warnings": warnings}
 

@@ -35,7 +35,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from tinym2net import tracking
-from tinym2net.config import load_params
+from tinym2net.params import read as load_params
 
 FLOW_RUN_ENV = "TINYM2NET_FLOW_RUN_ID"     # read by tracking.stage_run -> MLflow tag prefect.flow_run_id
 TASK_RUNNER_ENV = "TINYM2NET_TASK_RUNNER"  # default task runner of the fan-outs

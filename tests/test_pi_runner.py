@@ -15,7 +15,7 @@ import yaml
 
 from conftest import free_port, stop_process, venv_env
 from tinym2net import bench
-from tinym2net.config import merge
+from tinym2net.params import merge
 from tinym2net.errors import ParamsError
 from tinym2net.export import export
 from tinym2net.model import build

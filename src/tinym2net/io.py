@@ -52,13 +52,15 @@ class Folder:
     def __init__(self, path: Path):
         self.root = Path(path).resolve()
 
-    def path(self, rel: str | os.PathLike) -> Path:
-        """The absolute path of `rel` inside this folder; absolute names, '..' and escaping symlinks refused."""
+    def path(self, rel: str | os.PathLike, follow: bool = True) -> Path:
+        """The absolute path of `rel` inside this folder; absolute names, '..' and escaping symlinks refused
+        (with `follow` False, the last component may be a symlink pointing anywhere: it is the link itself)."""
         pure = PurePosixPath(str(rel).replace(os.sep, "/"))
         if pure.is_absolute() or not pure.parts or any(p in ("..", "") for p in pure.parts):
             raise ContainmentError(f"{rel!r}: not a relative path inside {self.root}")
         full = self.root.joinpath(*pure.parts)
-        if not _inside(full.resolve(), self.root):
+        real = full.resolve() if follow else full.parent.resolve() / full.name
+        if not _inside(real, self.root) or real == self.root:
             raise ContainmentError(f"{rel!r}: resolves outside {self.root}")
         return full
 
@@ -75,8 +77,8 @@ class Folder:
         return path
 
     def remove(self, rel: str) -> None:
-        """Delete `rel` (file or folder) inside this folder; nothing else."""
-        path = self.path(rel)
+        """Delete `rel` (file or folder) inside this folder; nothing else (a symlink is removed, not followed)."""
+        path = self.path(rel, follow=False)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
@@ -106,7 +108,7 @@ class Outputs:
         full = self._resolve(rel)
         if not any(_inside(full, own) for own in self.owned):
             raise ContainmentError(f"{rel}: not an output of this stage (it owns {', '.join(self._names())})")
-        if not any(_inside(full.resolve(), own.resolve()) for own in self.owned):
+        if not any(_inside(full.resolve(), own.parent.resolve() / own.name) for own in self.owned):
             raise ContainmentError(f"{rel}: resolves outside this stage's outputs (a symlink?)")
         return full
 

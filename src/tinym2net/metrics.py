@@ -50,12 +50,14 @@ def collapsed(uar_value: float, n_classes: int, margin: float) -> bool:
     return uar_value < 1.0 / n_classes + margin
 
 
-def interval(values: list[float | None], n_train: float, n_test: float, confidence: float) -> dict:
+def interval(values: list[float | None], n_train: float, n_test: float, confidence: float,
+             bounds: tuple[float, float] = (0.0, 1.0)) -> dict:
     """Mean, standard deviation and the `confidence` interval of a figure over P partitions.
 
     Repeated random partitions share samples, so their figures are correlated and the plain t interval
     is too narrow; the corrected resampled t interval (Nadeau & Bengio 2003) scales the variance of
-    the mean by (1/P + n_test/n_train). With one partition there is no spread (std and ci are None)."""
+    the mean by (1/P + n_test/n_train), and is clipped to the figure's range (`bounds`). With one
+    partition there is no spread (std and ci are None)."""
     vals = np.array([v for v in values if v is not None], float)
     if not len(vals):
         return {"mean": None, "std": None, "ci": None, "values": values}
@@ -64,7 +66,8 @@ def interval(values: list[float | None], n_train: float, n_test: float, confiden
         return {"mean": round(mean, 4), "std": None, "ci": None, "values": values}
     std = float(vals.std(ddof=1))
     half = st.t.ppf((1 + confidence) / 2, len(vals) - 1) * np.sqrt((1 / len(vals) + n_test / n_train) * std ** 2)
-    return {"mean": round(mean, 4), "std": round(std, 4), "ci": [round(mean - half, 4), round(mean + half, 4)],
+    lo, hi = max(mean - half, bounds[0]), min(mean + half, bounds[1])
+    return {"mean": round(mean, 4), "std": round(std, 4), "ci": [round(lo, 4), round(hi, 4)],
             "values": [None if v is None else round(v, 4) for v in values]}
 
 

@@ -171,9 +171,9 @@ class Fetch(Schema):
 # ----------------------------------------------------------------------------- slice
 
 class MinSubjects(Schema):
-    train: PosInt
-    val: PosInt
-    test: PosInt
+    train: PosInt      # a class the model never sees cannot be learnt
+    val: NonNegInt
+    test: NonNegInt
 
 
 class Split(Schema):

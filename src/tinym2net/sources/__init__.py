@@ -139,7 +139,7 @@ def confound(rates: dict[str, dict[str, int]], classes: list[str], threshold: fl
         shares = {g: rates[g][c] / sizes[g] for g in big}
         if len(shares) >= 2:
             spread = max(shares.values()) - min(shares.values())
-            if spread > threshold and (worst is None or spread > worst[0]):
+            if spread > threshold and (worst is None or spread >= worst[0] - 1e-12):  # ties: the later class (positive)
                 worst = (spread, c, shares)
     if worst is None:
         return None
