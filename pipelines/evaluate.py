@@ -1,11 +1,10 @@
 """Stage `evaluate`: test-split metrics of every model -> metrics/<case>/evaluate.json, confusion matrix."""
-import csv
 from pathlib import Path
 
 from tinym2net import tracking
 from tinym2net.io import atomic_dir, read_json, write_json
 from tinym2net.metrics import classification_metrics
-from tinym2net.plots import confusion_png
+from tinym2net.plots import confusion_csv, confusion_png
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features, load_model, predict
 
@@ -37,10 +36,7 @@ def evaluate(params: dict, case: str, root: Path = Path(".")) -> None:
     with atomic_dir(out) as tmp:
         confusion_png(y, fused_pred, classes, tmp / "confusion.png",
                       f"{case} fused, test split ({split['strategy']}{leaky})")
-        with open(tmp / "predictions.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["actual", "predicted"])
-            writer.writerows((classes[a], classes[p]) for a, p in zip(y, fused_pred))
+        confusion_csv(y, fused_pred, classes, tmp / "confusion.csv")
     write_json(root / "metrics" / case / "evaluate.json", result)
     with tracking.stage_run("evaluate", case, root):
         mlflow.log_params({"split_strategy": split["strategy"], "leaky": split["leaky"]})

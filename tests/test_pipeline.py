@@ -51,7 +51,7 @@ def test_metrics_and_plots_show(repo):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], path, env))
     assert "metrics/covid/evaluate.json" in json.dumps(shown)
     plots = run(["dvc", "plots", "show", "--json"], path, env)
-    assert "metrics/battlefield/curves" in plots and "reports/covid/predictions.csv" in plots
+    assert "metrics/battlefield/curves" in plots and "reports/covid/confusion.csv" in plots
 
 
 def test_runs_are_tracked_in_mlflow_with_lineage(repo):
