@@ -65,7 +65,7 @@ def test_dvc_plots_draw_in_chromium_without_network(repo, tmp_path):
     shown = json.loads(run(["dvc", "plots", "show", "--json"], path, env))["data"]
     kinds = collections.Counter(item["type"] for items in shown.values() for item in items)
     run(["dvc", "plots", "show", "-o", str(tmp_path / "offline")], path, env)
-    page = render_plots(tmp_path / "offline" / "index.html", screenshot=ROOT / "test-artifacts" / "dvc-plots.png")
+    page = render_plots(tmp_path / "offline" / "index.html", save_png=ROOT / "test-artifacts" / "dvc-plots.png")
     assert page.errors == []
     assert len(page.targets) == kinds["vega"] and sorted(page.plots) == sorted(page.targets)
     assert page.images == kinds["image"] == 2  # the confusion PNGs

@@ -100,7 +100,7 @@ def plots_repo(tmp_path_factory):
         confusion_png(y_true, y_pred, classes, path / "reports" / case / "confusion.png", case)
         data[case] = {"classes": classes, "points": points, "bits": bits}
     run(["dvc", "plots", "show", "-o", "out"], path, env)
-    return render_plots(path / "out" / "index.html", screenshot=ROOT / "test-artifacts" / "dvc-plots-fixture.png"), data
+    return render_plots(path / "out" / "index.html", save_png=ROOT / "test-artifacts" / "dvc-plots-fixture.png"), data
 
 
 def test_every_plot_draws_offline_with_what_it_should_show(plots_repo):

@@ -25,7 +25,7 @@ class BrowserError(TinyM2NetError):
 
 @dataclass
 class Page:
-    """What a page showed: console errors and uncaught exceptions, in order."""
+    """What a page logged: console errors and uncaught exceptions, and console warnings, in order."""
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -128,19 +128,19 @@ def _fields(label: str) -> dict:
     return dict(part.split(": ", 1) for part in label.split("; ") if ": " in part)
 
 
-def render_plots(index: Path, screenshot: Path | None = None, timeout_s: float = 60) -> PlotsPage:
+def render_plots(index: Path, save_png: Path | None = None, timeout_s: float = 60) -> PlotsPage:
     """Render a `dvc plots show` page without network; read back what each plot drew, optionally save a PNG."""
     index = Path(index).resolve()
     result = PlotsPage(targets=vega_targets(index.read_text(encoding="utf-8")))
-    wait = f"Object.keys(({PLOTS_JS})({result.targets!r})).length === {len(result.targets)}"
+    wait = f"Object.keys(({PLOTS_JS})({json.dumps(result.targets)})).length === {len(result.targets)}"
     with open_page(index.as_uri(), wait_for=wait, timeout_s=timeout_s) as (page, log):
         for plot_id, raw in page.evaluate(PLOTS_JS, result.targets).items():
             axes = {re.sub(r"^.*?titled '(.*?)'.*$", r"\1", label): ticks for label, ticks in raw["axes"]}
             result.plots[plot_id] = Plot(raw["titles"], axes, [(kind, _fields(label)) for kind, label in raw["marks"]])
         result.images = page.evaluate("[...document.images].filter(i => i.complete && i.naturalWidth > 0).length")
-        png = page.screenshot(full_page=True) if screenshot else None
+        png = page.screenshot(full_page=True) if save_png else None
     if png:
-        with atomic_file(screenshot, "wb") as fh:
+        with atomic_file(save_png, "wb") as fh:
             fh.write(png)
     result.errors, result.warnings = log.errors, log.warnings
     return result
