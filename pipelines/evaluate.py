@@ -1,7 +1,6 @@
 """Stage `evaluate`: every model of every partition on its test split -> metrics/<case>/evaluate.json (each
 figure's mean, std and interval over the partitions; per subject and per group; the multimodal gain; models
-collapsed to chance flagged), reports/<case>/ (confusion matrix over all partitions, predictions)."""
-import csv
+collapsed to chance flagged), reports/<case>/ (the confusion matrix over all partitions: PNG and counts)."""
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +8,11 @@ import numpy as np
 from tinym2net import metrics, tracking
 from tinym2net.io import Outputs, file_md5, read_json
 from tinym2net.params import Params
-from tinym2net.plots import confusion_png
+from tinym2net.plots import confusion_csv, confusion_png
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features, load_model, predict
 
-OUTPUTS = ["metrics/{case}/evaluate.json", "reports/{case}/confusion.png", "reports/{case}/predictions.csv"]
+OUTPUTS = ["metrics/{case}/evaluate.json", "reports/{case}/confusion.png", "reports/{case}/confusion.csv"]
 
 
 def evaluate_partition(params: Params, case: str, p: int, root: Path) -> dict:
@@ -96,10 +95,8 @@ def evaluate(params: Params, case: str, root: Path = Path(".")) -> None:
     with outs.file(f"reports/{case}/confusion.png", "wb") as fh:
         confusion_png(y, pred, info.classes, fh,
                       f"{case} {info.models[0]}, test splits of {len(parts)} partitions ({split['strategy']}{leaky})")
-    with outs.file(f"reports/{case}/predictions.csv") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((info.classes[a], info.classes[b]) for a, b in zip(y, pred))
+    with outs.file(f"reports/{case}/confusion.csv", newline="") as fh:
+        confusion_csv(y, pred, info.classes, fh)
     outs.write_json(f"metrics/{case}/evaluate.json", result)
     with tracking.stage_run("evaluate", case, root):
         mlflow.log_params({"split_strategy": split["strategy"], "leaky": split["leaky"], "partitions": len(parts)})

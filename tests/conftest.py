@@ -99,9 +99,11 @@ def make_dvc_repo(path: Path, params: dict, env: dict) -> Path:
             shutil.copy(src, path / name)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "ci@example.invalid"],
-                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
-                ["git", "commit", "-q", "-m", "project"]):
+                ["git", "config", "user.name", "ci"], ["dvc", "init", "-q"]):
+        run(cmd, path, env)
+    shutil.copy(ROOT / ".dvc" / "config", path / ".dvc" / "config")  # analytics off, plots.html_template
+    shutil.copytree(ROOT / ".dvc" / "plots", path / ".dvc" / "plots")  # plot templates, the offline page
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-q", "-m", "project"]):
         run(cmd, path, env)
     return path
 

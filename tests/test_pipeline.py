@@ -1,6 +1,8 @@
 """End to end: `dvc repro` of both cases on the reduced configuration in a temporary git repository."""
+import collections
 import json
 import re
+import shutil
 import subprocess
 
 import mlflow
@@ -8,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_dvc_repo, run, venv_env
+from conftest import ROOT, make_dvc_repo, run, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +70,45 @@ def test_metrics_and_plots_show(repo):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], path, env))
     assert "metrics/covid/evaluate.json" in json.dumps(shown)
     plots = run(["dvc", "plots", "show", "--json"], path, env)
-    assert "metrics/battlefield/curves/p0" in plots and "reports/covid/predictions.csv" in plots
+    assert "metrics/battlefield/curves/p0" in plots and "reports/covid/confusion.csv" in plots
+
+
+def test_dvc_plots_draw_in_chromium_without_network(repo, tmp_path):
+    """Every plot of `dvc plots show` draws offline; DVC's default page (Vega from a CDN) draws none there."""
+    from dvc_render.html import PAGE_HTML
+
+    from tinym2net.browser import render_plots
+    path, env, _ = repo
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], path, env))["data"]
+    kinds = collections.Counter(item["type"] for items in shown.values() for item in items)
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "offline")], path, env)
+    page = render_plots(tmp_path / "offline" / "index.html", save_png=ROOT / "test-artifacts" / "dvc-plots.png")
+    assert page.errors == []
+    assert len(page.targets) == kinds["vega"] and sorted(page.plots) == sorted(page.targets)
+    assert page.images == kinds["image"] == 2  # the confusion PNGs
+    for case in ("covid", "battlefield"):
+        models = json.loads((path / "metrics" / case / "train" / "p0.json").read_text())["models"]
+        expected = {f"{case}_pareto", f"{case}_bits", f"reports_{case}_confusion_csv"}
+        assert expected | {f"metrics_{case}_curves_p0_{m}_csv" for m in models} <= set(page.plots)
+    (tmp_path / "cdn.html").write_text(PAGE_HTML)
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "cdn"), "--html-template", str(tmp_path / "cdn.html")], path, env)
+    cdn = render_plots(tmp_path / "cdn" / "index.html", timeout_s=5)
+    assert cdn.plots == {} and cdn.errors.count("vegaEmbed is not defined") == kinds["vega"]
+
+
+def test_screenshot_tool_shoots_the_dvc_plots_and_an_mlflow_run_page(repo, tmp_path):
+    from PIL import Image
+    path, env, _ = repo
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    parent = next(r for r in mlflow.search_runs(experiment_names=["tinym2net-covid"], output_format="list")
+                  if r.data.tags.get("stage") == "quantize" and "mlflow.parentRunId" not in r.data.tags)
+    tool = ["python", str(ROOT / "scripts" / "screenshots.py"), "--repo", str(path), "--out-dir", str(tmp_path)]
+    run([*tool, "dvc"], path, env)
+    run([*tool, "mlflow", f"quantize={parent.info.run_name}", "--store", env["MLFLOW_TRACKING_URI"]], path, env, timeout=300)
+    for name in ("dvc-plots", "quantize"):
+        with Image.open(tmp_path / f"{name}.png") as png:
+            assert png.format == "PNG" and png.width == 1400 and png.height >= 900
+    shutil.copy(tmp_path / "quantize.png", ROOT / "test-artifacts" / "mlflow-quantize-run.png")
 
 
 def test_runs_are_tracked_in_mlflow_with_lineage(repo):

@@ -138,10 +138,10 @@ class Outputs:
             shutil.rmtree(backup)
 
     @contextlib.contextmanager
-    def file(self, rel: str | os.PathLike, mode: str = "w") -> Iterator:
+    def file(self, rel: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
         """A temporary sibling file, renamed over `rel` on success."""
         final = self.path(rel)
-        with atomic_file(final, mode) as fh:
+        with atomic_file(final, mode, **kwargs) as fh:
             yield fh
 
     def write_json(self, rel: str | os.PathLike, obj) -> Path:
@@ -158,7 +158,7 @@ class Outputs:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
+def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator:
     """Open a temporary sibling file for writing; rename it over `path` on success."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     os.chmod(tmp, 0o666 & ~_umask())
     try:
-        with os.fdopen(fd, mode) as fh:
+        with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
         os.replace(tmp, final)
     except BaseException:
