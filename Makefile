@@ -20,8 +20,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: setup
 	dvc repro
 
-test: setup
+test: setup chromium
 	python -m pytest
+
+# Headless Chromium for the browser tests: Debian's package, installed when missing (as root, as in CI).
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
 
 clean-venv:
 	rm -rf $(VENV)

@@ -5,11 +5,14 @@ import tempfile
 from pathlib import Path
 
 from tinym2net import bench, tracking
-from tinym2net.config import choice, section
 from tinym2net.errors import ModelFileError
-from tinym2net.io import ordered_stems, write_json
+from tinym2net.io import Outputs, file_md5, ordered_stems
+from tinym2net.params import Params
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features
+
+OUTPUTS = ["metrics/{case}/benchmark.json"]
+PARTITION = 0  # the deployed model is partition 0's
 
 
 def artifact_names(root: Path, case: str) -> list[str]:
@@ -23,22 +26,24 @@ def artifact_names(root: Path, case: str) -> list[str]:
 
 def write_testset(root: Path, case: str, modalities: list[str], path: Path) -> int:
     """The test split's inputs and labels as one npz for the runtime; returns its sample count."""
-    data = Features(root / "data" / "features" / case / "features.npz", modalities)
+    data = Features(root / "data" / "features" / case / "features.npz", modalities, PARTITION)
     test = data.rows("test")
     bench.save_testset(path, {m: x.numpy() for m, x in data.batch(test, modalities).items()}, data.y[test].numpy())
     return int(len(test))
 
 
-def benchmark(params: dict, case: str, root: Path = Path(".")) -> None:
+def benchmark(params: Params, case: str, root: Path = Path(".")) -> None:
     import mlflow
 
     from tinym2net import pi_runner, runtime
 
-    cfg = section(params, "benchmark")
-    runner = choice(cfg, "runner", ("local", "pi"))
+    root = Path(root)
+    outs = Outputs(root, [o.format(case=case) for o in OUTPUTS])
+    cfg = params.benchmark.model_dump()
+    runner = cfg["runner"]
     settings = bench.settings_from_params(cfg)
     if runner == "pi":
-        pi_runner.preflight(section(params, "benchmark.pi"))  # no Prefect server or no key: fail before any work
+        pi_runner.preflight(cfg["pi"])  # no Prefect server or no key: fail before any work
     folder = root / "models" / case / "artifacts"
     names = artifact_names(root, case)
     modalities = list(runtime.read_artifact(folder / f"{names[0]}.tm2").header["inputs"])
@@ -57,7 +62,7 @@ def benchmark(params: dict, case: str, root: Path = Path(".")) -> None:
                 log.info("benchmark %s/%s: p50 %.3f ms, %.0f samples/s, accuracy %.3f", case, name,
                          results[name]["latency_ms"]["p50"], results[name]["throughput_sps"], results[name]["accuracy"])
         else:
-            pi_cfg = section(params, "benchmark.pi")
+            pi_cfg = cfg["pi"]
             client = mlflow.MlflowClient(uri)
             mlflow.log_artifact(str(testset))
             variants = {}
@@ -81,8 +86,8 @@ def benchmark(params: dict, case: str, root: Path = Path(".")) -> None:
                     client.set_terminated(v["run_id"], status)
             mlflow.set_tags({"prefect.flow_run_id": flow_run["id"], "prefect.flow_run_name": flow_run["name"]})
     host = next(iter(results.values()))["host"]
-    write_json(root / "metrics" / case / "benchmark.json",
-               {"runner": runner, "host": host, "test_samples": n_test, "settings": settings,
+    outs.write_json(f"metrics/{case}/benchmark.json",
+               {"features": file_md5(root / "data" / "features" / case / "features.npz"), "runner": runner, "host": host, "test_samples": n_test, "settings": settings,
                 **({"flow_run": flow_run} if flow_run else {}),
                 "variants": {name: {k: v for k, v in r.items() if k not in ("host", "bits", "variant", "test_samples")}
                              for name, r in results.items()}})

@@ -5,14 +5,17 @@ from pathlib import Path
 import numpy as np
 
 from tinym2net import runtime, tracking
-from tinym2net.config import get, section
 from tinym2net.errors import ModelFileError, ParamsError
 from tinym2net.export import export as export_model
 from tinym2net.export import load_variant, weight_payload_bytes
-from tinym2net.io import atomic_dir, ordered_stems, write_json
+from tinym2net.io import Outputs, file_md5, ordered_stems
+from tinym2net.params import Params
 from tinym2net.quant import packed_size_bytes
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features, predict
+
+OUTPUTS = ["models/{case}/artifacts", "metrics/{case}/export.json"]
+PARTITION = 0  # the deployed model is partition 0's
 
 
 def variant_names(root: Path, case: str, wanted) -> list[str]:
@@ -30,26 +33,27 @@ def variant_names(root: Path, case: str, wanted) -> list[str]:
     return list(wanted)
 
 
-def export(params: dict, case: str, root: Path = Path(".")) -> None:
+def export(params: Params, case: str, root: Path = Path(".")) -> None:
     import mlflow
 
-    cfg = section(params, "export")
-    min_agreement = get(cfg, "min_agreement")
-    if isinstance(min_agreement, bool) or not isinstance(min_agreement, (int, float)) or not 0 <= min_agreement <= 1:
-        raise ParamsError(f"params.yaml: export.min_agreement must be a fraction in [0, 1] (got {min_agreement!r})")
-    info = params["cases"][case]
-    fp32_path = root / "models" / case / "fp32" / "fused.pt"
-    names = variant_names(root, case, cfg.get("variants"))
+    root = Path(root)
+    outs = Outputs(root, [o.format(case=case) for o in OUTPUTS])
+    min_agreement = params.export.min_agreement
+    info = params.cases[case]
+    fp32_path = root / "models" / case / "trained" / f"p{PARTITION}" / f"{info.models[0]}.pt"
+    names = variant_names(root, case, params.export.variants)
+    features = root / "data" / "features" / case / "features.npz"
     data = None
     results = {}
-    with tracking.stage_run("export", case, root) as parent, atomic_dir(root / "models" / case / "artifacts") as tmp:
+    with tracking.stage_run("export", case, root) as parent, outs.directory(f"models/{case}/artifacts") as folder:
+        tmp = folder.root
         for name in names:
             model, bits = load_variant(fp32_path, root / "models" / case / "quantized" / f"{name}.pt")
             if data is None:
-                data = Features(root / "data" / "features" / case / "features.npz", model.modalities)
+                data = Features(features, model.modalities, PARTITION)
                 test = data.rows("test")
             path = tmp / f"{name}.tm2"
-            size = export_model(model, path, case=case, variant=name, classes=info["classes"],
+            size = export_model(model, path, case=case, variant=name, classes=info.classes,
                                 input_shapes=data.input_shapes(), bits=bits)
             deployed = runtime.load(path, threads=None)
             expected = predict(model, data, test).argmax(1)                             # (N,)
@@ -69,8 +73,8 @@ def export(params: dict, case: str, root: Path = Path(".")) -> None:
                 mlflow.log_artifact(str(path))
             log.info("export %s/%s: %.1f KiB (%+.1f%% over the counted size), agreement %.2f%%", case, name,
                      size / 1024, 100 * results[name]["overhead"], 100 * agreement)
-    write_json(root / "metrics" / case / "export.json",
-               {"format": f"tm2 v{runtime.VERSION}", "test_samples": int(len(test)), "variants": results})
+    outs.write_json(f"metrics/{case}/export.json", {"features": file_md5(features), "format": f"tm2 v{runtime.VERSION}",
+                                                   "test_samples": int(len(test)), "variants": results})
     log.info("export %s: %d artifacts in models/%s/artifacts", case, len(results), case)
 
 

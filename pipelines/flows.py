@@ -38,7 +38,7 @@ from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from tinym2net import tracking
-from tinym2net.config import load_params
+from tinym2net.params import read as load_params
 
 TASK_RUNNER_ENV = "TINYM2NET_TASK_RUNNER"  # default task runner of the fan-outs
 SWEEP_EXPERIMENT = "tinym2net-sweep"
@@ -167,9 +167,11 @@ def stage_group(stage: str) -> str:
     return stage.split("@", 1)[0]
 
 
-def stage_cases(stages) -> set[str]:
-    """The cases of foreach stages: [`fetch@covid`, `report`] -> {covid}."""
-    return {s.split("@", 1)[1] for s in stages if "@" in s}
+def stage_cases(stages, root: Path) -> set[str]:
+    """The cases (params.yaml's) of foreach and matrix stages: `fetch@covid`, `train@covid-0` -> covid."""
+    cases = load_params(root / "params.yaml").get("cases") or {}
+    items = {s.split("@", 1)[1] for s in stages if "@" in s}
+    return {c for c in cases for item in items if item == c or re.fullmatch(re.escape(c) + r"-\d+", item)}
 
 
 def with_retries(fn, stage: str, retries: int):
@@ -305,18 +307,33 @@ def mlflow_links(root: Path, run_id: str | None) -> str:
     return "\n".join(lines) or "(none: no stage that ran in this flow run logs to MLflow)"
 
 
+def figure(entry: Any) -> str:
+    """A figure of metrics/ as text: `0.917 ± 0.021` (mean ± std over partitions), `0.917 [0.88, 0.95]`
+    (a bootstrap value and interval), or a plain number."""
+    if isinstance(entry, dict):
+        value = entry.get("mean", entry.get("value"))
+        if not isinstance(value, (int, float)):
+            return "-"
+        if entry.get("std") is not None:
+            return f"{value:.3f} ± {entry['std']:.3f}"
+        return f"{value:.3f}" + (f" [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]" if entry.get("ci") else "")
+    return f"{entry:.3f}" if isinstance(entry, (int, float)) else "-"
+
+
 def metrics_table(metrics: dict[str, dict]) -> str:
-    """Markdown: accuracy and UAR of each evaluated model, accuracy and size of each quantized variant."""
+    """Markdown: accuracy and UAR of each evaluated model (over the partitions), and of each quantized
+    variant after quantization-aware training, with its weight size."""
     rows = []
     for case, files in metrics.items():
         for name, m in files.get("evaluate", {}).get("models", {}).items():
-            rows.append(f"| {case} | {name} | {m.get('accuracy', float('nan')):.3f} | {m.get('uar', float('nan')):.3f} | |")
+            rows.append(f"| {case} | {name} | {figure(m.get('accuracy'))} | {figure(m.get('uar'))} | |")
         for name, m in files.get("quantize", {}).get("variants", {}).items():
-            rows.append(f"| {case} | {name} (quantized) | {m.get('accuracy', float('nan')):.3f} "
-                        f"| {m.get('uar', float('nan')):.3f} | {m.get('size_kib', float('nan')):.1f} |")
+            scored = m.get("qat", m)
+            rows.append(f"| {case} | {name} (quantized) | {figure(scored.get('accuracy'))} | {figure(scored.get('uar'))} "
+                        f"| {m.get('weights_kib', '-')} |")
     if not rows:
         return "(no metrics/<case>/evaluate.json or quantize.json yet)"
-    return "\n".join(["| case | model | accuracy | UAR | size (KiB) |", "|---|---|---|---|---|", *rows])
+    return "\n".join(["| case | model | accuracy | UAR | weights (KiB) |", "|---|---|---|---|---|", *rows])
 
 
 @flow(name="pipeline")
@@ -344,7 +361,7 @@ def pipeline(targets: list[str] | None = None, force: bool = False, rerun: list[
                 continue
             outcomes[stage] = outcome_of(with_retries(repro_stage, stage, fetch_retries), root=str(path), stage=stage,
                                          run_id=run_id, force=stage in forced)
-    metrics = read_metrics(path, stage_cases(outcomes))
+    metrics = read_metrics(path, stage_cases(outcomes, path))
     stages = "\n".join(f"| `{s}` | {'**ran**' if STATE_NAME[o] == 'Completed' else STATE_NAME[o]} | {OUTCOME_TEXT[o]} |"
                        for s, o in outcomes.items())
     create_markdown_artifact(
@@ -540,7 +557,7 @@ def sweep(grid: dict[str, list] = {"ilp.size_lambda": [0.25, 0.5, 0.75]}, target
     if subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=path, capture_output=True).returncode:
         raise DvcError(f"{path}: DVC experiments branch from a git commit; commit the project first")
     points = grid_points(grid)
-    cases = sorted(stage_cases(s for step in stage_generations(path, targets) for s in step))
+    cases = sorted(stage_cases([s for step in stage_generations(path, targets) for s in step], path))
     prefix = f"sweep-{(run_id or 'local')[:8]}"
     names = [f"{prefix}-{i}" for i in range(len(points))]
     ensure_case_experiments(path)

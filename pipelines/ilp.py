@@ -7,38 +7,21 @@ import sys
 from pathlib import Path
 
 from tinym2net import ilp
-from tinym2net.config import section
-from tinym2net.io import read_json, write_json
+from tinym2net.io import Outputs, read_json
+from tinym2net.params import Params
 from tinym2net.stage import log, run_stage
 
-
-def pins(layers: list[dict], bits: int | None) -> dict[str, int]:
-    """The first convolution of every branch and the output layer, pinned at `bits`."""
-    if not bits:
-        return {}
-    names = [l["name"] for l in layers]
-    firsts = {n for n in names if n.startswith("branches.") and ".features.conv1." in n}
-    return {n: bits for n in [*sorted(firsts), names[-1]]}
+OUTPUTS = ["models/{case}/bits.json"]
 
 
-def allocate(params: dict, sens: dict, size_lambda=None) -> dict:
-    """Solve the ILP with params.yaml's `ilp` settings (optionally another size lambda)."""
-    cfg = section(params, "ilp")
-    size = {"size_limit": cfg.get("size_limit"), "size_lambda": cfg.get("size_lambda")}
-    if size_lambda is not None:
-        size = {"size_limit": None, "size_lambda": size_lambda}
-    return ilp.solve(sens, cfg["bit_choices"], **size, bops_limit=cfg.get("bops_limit"),
-                     bops_lambda=cfg.get("bops_lambda"), pins=pins(sens["layers"], cfg.get("pin_bits")))
-
-
-def ilp_stage(params: dict, case: str, root: Path = Path(".")) -> None:
-    sens = read_json(root / "models" / case / "sensitivity.json")
-    result = allocate(params, sens)
-    out = root / "models" / case / "bits.json"
-    write_json(out, result)
-    log.info("ilp %s: %s; size %.1f KiB, %.3g BOPS; wrote %s", case,
-             ", ".join(f"{b} bits: {list(result['bits'].values()).count(b)} layers" for b in params["ilp"]["bit_choices"]),
-             result["size_bytes"] / 1024, result["bops"], out)
+def ilp_stage(params: Params, case: str, root: Path = Path(".")) -> None:
+    outs = Outputs(root, [o.format(case=case) for o in OUTPUTS])
+    sens = read_json(Path(root) / "models" / case / "sensitivity.json")
+    result = ilp.allocate(params.ilp, sens)
+    outs.write_json(f"models/{case}/bits.json", result)
+    log.info("ilp %s: %s; size %.1f KiB, %.3g BOPS; wrote models/%s/bits.json", case,
+             ", ".join(f"{b} bits: {list(result['bits'].values()).count(b)} layers" for b in params.ilp.bit_choices),
+             result["size_bytes"] / 1024, result["bops"], case)
 
 
 if __name__ == "__main__":

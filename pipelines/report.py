@@ -1,18 +1,28 @@
-"""Stage `report`: reports/results.md, our figures beside the paper's for every case."""
+"""Stage `report`: reports/results.md from every case's metrics, refusing figures computed on different data."""
 from pathlib import Path
 
-from tinym2net.io import atomic_file, read_json
-from tinym2net.report import results_md
+from tinym2net.io import Outputs, read_json
+from tinym2net.params import Params
+from tinym2net.report import check_same_data, results_md
 from tinym2net.stage import log, run_stage
 
+OUTPUTS = ["reports/results.md"]
+FILES = ["train/p0.json", "evaluate.json", "quantize.json", "export.json", "benchmark.json"]
 
-def report(params: dict, case: str | None = None, root: Path = Path(".")) -> None:
-    cases = {c: (read_json(root / "metrics" / c / "evaluate.json"), read_json(root / "metrics" / c / "quantize.json"))
-             for c in params["cases"]}
-    out = root / "reports" / "results.md"
-    with atomic_file(out) as fh:
+
+def report(params: Params, root: Path = Path(".")) -> None:
+    outs = Outputs(root, OUTPUTS)
+    cases = {}
+    for case in params.cases:
+        files = {}
+        for name in FILES:
+            path = Path(root) / "metrics" / case / name
+            files[f"metrics/{case}/{name}"] = read_json(path) if path.is_file() else None
+        check_same_data(case, files)
+        cases[case] = files
+    with outs.file("reports/results.md") as fh:
         fh.write(results_md(cases))
-    log.info("report: read metrics of %s, wrote %s", ", ".join(cases), out)
+    log.info("report: read the metrics of %s, wrote reports/results.md", ", ".join(cases))
 
 
 if __name__ == "__main__":

@@ -1,43 +1,44 @@
-"""Stage `sensitivity`: per-layer Hessian traces (Hutchinson) and Omega per bit width -> models/<case>/sensitivity.json."""
+"""Stage `sensitivity`: per-layer Hessian traces (Hutchinson) and Omega per bit width of the deployed
+model (partition 0's) -> models/<case>/sensitivity.json."""
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch.nn.functional as F
 
 from tinym2net import hessian
-from tinym2net.config import get, positive, section
-from tinym2net.io import write_json
+from tinym2net.io import Outputs, file_md5
+from tinym2net.params import Params
 from tinym2net.quant import fold_batchnorm
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features, load_model
 
-
-def train_batches(data: Features, modalities, batch_size: int, count: int, seed: int) -> list:
-    """`count` shuffled (inputs, targets) batches from the train split (all of it if count is 0)."""
-    rows = np.random.default_rng(seed).permutation(data.rows("train"))
-    batches = [(data.batch(rows[i:i + batch_size], modalities), data.y[rows[i:i + batch_size]])
-               for i in range(0, len(rows), batch_size)]
-    return batches[:count] if count else batches
+OUTPUTS = ["models/{case}/sensitivity.json"]
+PARTITION = 0  # the deployed model is partition 0's
 
 
-def sensitivity(params: dict, case: str, root: Path = Path(".")) -> None:
-    cfg = section(params, "sensitivity")
-    bits = get(params, "ilp.bit_choices")
-    model = load_model(root / "models" / case / "fp32" / "fused.pt")
+def sensitivity(params: Params, case: str, root: Path = Path(".")) -> None:
+    cfg, bits = params.sensitivity, params.ilp.bit_choices
+    outs = Outputs(root, [o.format(case=case) for o in OUTPUTS])
+    info = params.cases[case]
+    model = load_model(Path(root) / "models" / case / "trained" / f"p{PARTITION}" / f"{info.models[0]}.pt")
     # the Hessian of the function that gets quantized: BatchNorm folded into its convolution
     folded = fold_batchnorm(copy.deepcopy(model)).eval()
-    data = Features(root / "data" / "features" / case / "features.npz", model.modalities)
-    batches = train_batches(data, model.modalities, positive(cfg, "batch_size", integer=True),
-                            positive(cfg, "batches", integer=True), params["seed"])
-    layers = hessian.sensitivity(folded, F.cross_entropy, batches, bit_choices=bits,
-                                 tol=positive(cfg, "tol"), max_iter=positive(cfg, "max_iter", integer=True),
-                                 seed=params["seed"])
-    out = root / "models" / case / "sensitivity.json"
-    write_json(out, {"layers": layers, "ties": hessian.ties(folded)})
+    features = Path(root) / "data" / "features" / case / "features.npz"
+    data = Features(features, model.modalities, PARTITION)
+    batches = data.batches("train", model.modalities, cfg.batch_size, cfg.batches, params.seed.train)
+    layers, traces = hessian.sensitivity(folded, F.cross_entropy, batches, bit_choices=bits, tol=cfg.tol,
+                                         min_iter=cfg.min_iter, max_iter=cfg.max_iter, seed=params.seed.train)
+    outs.write_json(f"models/{case}/sensitivity.json", {
+        "features": file_md5(features), "iterations": traces.iterations, "converged": traces.converged,
+        "tol": cfg.tol, "layers": layers, "ties": hessian.ties(folded)})
+    if not traces.converged:
+        worst = max(traces.mean, key=traces.relative_error)
+        log.warning("sensitivity %s: the Hutchinson estimate did not converge in %d iterations (sensitivity.max_iter): "
+                    "%s has a relative standard error of %.0f%% (sensitivity.tol %.0f%%)", case, traces.iterations,
+                    worst, 100 * traces.relative_error(worst), 100 * cfg.tol)
     top = max(layers, key=lambda l: l["omega"][str(min(bits))])
-    log.info("sensitivity %s: %d layers, most sensitive at %d bits: %s; wrote %s",
-             case, len(layers), min(bits), top["name"], out)
+    log.info("sensitivity %s: %d layers in %d iterations, most sensitive at %d bits: %s", case, len(layers),
+             traces.iterations, min(bits), top["name"])
 
 
 if __name__ == "__main__":

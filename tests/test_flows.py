@@ -186,7 +186,7 @@ def test_pipeline_deployment_runs_on_a_process_worker(repo, server, deployments,
         assert f"fetch@{case}: ran its command beside the other stages" in logs
         assert f"featurize@{case}: ran its command beside the other stages" in logs
     assert "dvc commit recorded fetch@covid, fetch@battlefield in dvc.lock" in logs
-    for stage in ("slice@battlefield", "train@covid", "sensitivity@covid", "ilp@covid", "quantize@covid"):
+    for stage in ("slice@battlefield", "train@covid-0", "sensitivity@covid", "ilp@covid", "quantize@covid"):
         assert f"{stage}: DVC ran the stage" in logs
     assert "train@battlefield" not in logs and "report:" not in logs
     # DVC is the source of truth: it sees every target and its upstream stages as up to date.
@@ -196,9 +196,9 @@ def test_pipeline_deployment_runs_on_a_process_worker(repo, server, deployments,
     assert set(task_states(url, flow_run["id"]).values()) == {"Completed"}  # every stage ran
     # Each stage's MLflow run carries the flow-run id and links to the flow run; the flow run's artifact links to them.
     runs = {r.info.run_name: r for r in tagged_runs(repo, "tinym2net-covid", flow_run["id"])}
-    assert {"covid/train", "covid/quantize", "covid/quantize/mp", "covid/train/fused"} <= set(runs)
+    assert {"covid-0/train", "covid/quantize", "covid/quantize/mp", "covid-0/train/fused"} <= set(runs)
     prefect_ui = url.removesuffix("/api")
-    train, quantize = runs["covid/train"], runs["covid/quantize"]
+    train, quantize = runs["covid-0/train"], runs["covid/quantize"]
     assert f"]({prefect_ui}/runs/flow-run/{flow_run['id']})" in train.data.tags["mlflow.note.content"]
     children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == quantize.info.run_id]
     assert sorted(compare_link(quantize.data.tags["mlflow.note.content"])) == sorted(r.info.run_id for r in children)
@@ -215,18 +215,18 @@ def test_second_run_reuses_what_did_not_change(repo, server, deployments, worker
     flow_run = run_deployment(url, deployments["nightly"], {"targets": ["ilp@covid"], "rerun": ["ilp"]},
                               worker, timeout=240)
     logs = flow_logs(url, flow_run["id"])
-    for stage in ("fetch@covid", "slice@covid", "featurize@covid", "train@covid", "sensitivity@covid"):
+    for stage in ("fetch@covid", "slice@covid", "featurize@covid", "train@covid-0", "sensitivity@covid"):
         assert f"{stage}: unchanged, DVC reused its outputs" in logs
     assert "ilp@covid: DVC ran the stage" in logs and "done: 1 stages ran (ilp@covid), 5 reused" in logs
     assert tagged_runs(repo, "tinym2net-covid", flow_run["id"]) == []  # no stage here logs to MLflow
     # In the Prefect UI a reused stage is not a plain `Completed`, in the task list and in the run's artifact.
     states = task_states(url, flow_run["id"])
     assert states == {"fetch@covid": "Reused", "slice@covid": "Reused", "featurize@covid": "Reused",
-                      "train@covid": "Reused", "sensitivity@covid": "Reused", "ilp@covid": "Completed"}
+                      "train@covid-0": "Reused", "sensitivity@covid": "Reused", "ilp@covid": "Completed"}
     artifacts = api(f"{url}/artifacts/filter", {"limit": 10, "offset": 0,
                                                 "artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
     markdown = next(a["data"] for a in artifacts if a["key"] == "pipeline-run")
-    assert "| `train@covid` | Reused | unchanged, DVC reused its outputs |" in markdown
+    assert "| `train@covid-0` | Reused | unchanged, DVC reused its outputs |" in markdown
     assert "| `ilp@covid` | **ran** |" in markdown
 
 
@@ -257,17 +257,21 @@ def test_sweep_logs_each_dvc_experiment_to_mlflow(repo, server, deployments, wor
         assert child.info.status == "FINISHED" and child.data.tags["dvc.exp_rev"] in exp_revs
         # The experiment's own result: the mixed-precision variant was allocated at the swept lambda.
         assert child.data.metrics["covid/quantize/variants/mp/lambda"] == float(child.data.params["ilp.size_lambda"])
-        assert "covid/quantize/variants/mp/size_kib" in child.data.metrics
+        assert "covid/quantize/variants/mp/weights_kib" in child.data.metrics
         assert child.data.metrics["covid/quantize/qat_epochs"] == 0
     small, large = sorted(children, key=lambda r: float(r.data.params["ilp.size_lambda"]))
-    assert small.data.metrics["covid/quantize/variants/mp/size_kib"] <= large.data.metrics["covid/quantize/variants/mp/size_kib"]
+    assert small.data.metrics["covid/quantize/variants/mp/weights_kib"] <= large.data.metrics["covid/quantize/variants/mp/weights_kib"]
     # The stages that ran inside DVC's temporary experiment copies were tagged with the flow run too.
     stage_runs = [r for r in tagged_runs(repo, "tinym2net-covid", flow_run["id"]) if r.info.run_name == "covid/quantize"]
     assert len(stage_runs) == 2
 
 
 def test_run_artifacts_and_sweep_runs_hold_only_the_targeted_cases(tmp_path):
-    from pipelines.flows import flat_metrics, point_name, read_metrics
+    from pipelines.flows import flat_metrics, point_name, read_metrics, stage_cases
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"cases": {"covid": {}, "battlefield": {}, "my-case": {}}}))
+    assert stage_cases(["fetch@covid", "train@battlefield-1", "report"], tmp_path) == {"covid", "battlefield"}
+    assert stage_cases(["train@my-case-0", "fetch@my-case"], tmp_path) == {"my-case"}
 
     for case in ("covid", "battlefield"):
         (tmp_path / "metrics" / case).mkdir(parents=True)

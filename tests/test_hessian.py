@@ -67,14 +67,26 @@ def test_iterations_stop_at_tolerance_or_max_iter_and_are_seeded():
         return F.cross_entropy(logits, targets)
 
     first = hutchinson_traces(model, counting_loss, data, params, tol=0.0, max_iter=7, seed=3)
-    assert len(calls) == 7
+    assert len(calls) == 7 and first.iterations == 7 and not first.converged
     calls.clear()
-    hutchinson_traces(model, counting_loss, data, params, tol=0.5, max_iter=500, seed=3)
-    assert 2 <= len(calls) < 500
+    loose = hutchinson_traces(model, counting_loss, data, params, tol=0.5, min_iter=4, max_iter=500, seed=3)
+    assert 4 <= len(calls) == loose.iterations < 500 and loose.converged
+    assert all(loose.relative_error(n) <= 0.5 for n in params)
     model.train()  # dropout on: the estimate must not change (eval inside), and training mode comes back
     assert hutchinson_traces(model, F.cross_entropy, data, params, tol=0.0, max_iter=7, seed=3) == first
     assert model.training
     assert hutchinson_traces(model, F.cross_entropy, data, params, tol=0.0, max_iter=7, seed=4) != first
+
+
+def test_standard_error_matches_the_spread_over_seeds():
+    """The reported standard error of a run is the spread its mean shows across independent runs."""
+    model, data = tiny_model(), batches()
+    params = {n: m.weight for n, m in quantizable_layers(model).items()}
+    runs = [hutchinson_traces(model, F.cross_entropy, data, params, tol=0.0, max_iter=32, seed=s) for s in range(16)]
+    for name in params:
+        spread = np.std([r[name] for r in runs], ddof=1)
+        reported = np.mean([r.stderr[name] for r in runs])
+        assert 0.5 < reported / spread < 1.8, (name, reported, spread)
 
 
 def test_hutchinson_errors_name_the_problem():
@@ -121,7 +133,7 @@ def numpy_quant_error(w: np.ndarray, bits: int) -> float:
 
 def test_sensitivity_combines_trace_quant_error_and_macs():
     model, data = tiny_model(), batches()
-    rows = sensitivity(model, F.cross_entropy, data, bit_choices=[4, 8], tol=0.0, max_iter=8, seed=0)
+    rows, _ = sensitivity(model, F.cross_entropy, data, bit_choices=[4, 8], tol=0.0, max_iter=8, seed=0)
     layers = quantizable_layers(model)
     traces = hutchinson_traces(model, F.cross_entropy, data, {n: m.weight for n, m in layers.items()},
                                tol=0.0, max_iter=8, seed=0)

@@ -20,8 +20,8 @@ import yaml
 
 from conftest import free_port, stop_process, venv_env
 from tinym2net import bench, pi_runner
-from tinym2net.config import merge
 from tinym2net.errors import DataError, ParamsError
+from tinym2net.params import merge
 from tinym2net.export import export
 from tinym2net.model import build
 from tinym2net.quant import quantizable_layers, quantize_model

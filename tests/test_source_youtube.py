@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import assert_no_output, fetch_with, run_source
 from tinym2net import media
 from tinym2net.errors import DataError
-from tinym2net.sources import get_fetcher
-from tinym2net.sources.youtube import PAPER_VIDEOS, check_expected, fetch_video, read_entries
+from tinym2net.sources.youtube import PAPER_VIDEOS, check_expected, read_entries
 
 CLASSES = ["helicopter", "bomb", "gun", "tank"]
-CASE = {"modalities": ["image", "audio"], "classes": CLASSES}
+CASE = {"modalities": {"image": "video_frame", "audio": "video_audio"}, "classes": CLASSES}
 MAD = Path("/work/shared/fixtures/mad/mad_dataset_annotation.csv")
 MAD_LABELS = {1: "gun", 3: "bomb", 4: "tank", 5: "helicopter"}
 SECONDS = 6.0
@@ -89,10 +89,12 @@ def server(tmp_path_factory):
 
 
 def _cfg(tmp_path: Path, manifest: Path) -> dict:
-    return {"source": "youtube", "youtube": {
-        "manifest": str(manifest), "mad_labels": MAD_LABELS, "cache_dir": str(tmp_path / "cache"),
-        "format": "worst[ext=mp4]/worst",
-        "retries": 3, "backoff_seconds": 0.05, "socket_timeout": 10}}
+    return {"manifest": str(manifest), "mad_labels": MAD_LABELS, "cache_dir": str(tmp_path / "cache"),
+            "format": "worst[ext=mp4]/worst", "retries": 3, "backoff_seconds": 0.05, "socket_timeout": 10}
+
+
+def fetch_video(opts: dict, case: dict, out: Path, seed: int) -> None:
+    run_source("youtube", opts, case, out)
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -118,17 +120,16 @@ def test_ranges_failures_retries_checksums_and_rerun(tmp_path, server):
     cfg = _cfg(tmp_path, listing)
     server.hits.clear()
     out = tmp_path / "out1"
-    out.mkdir()
     fetch_video(cfg, CASE, out, 0)
 
     rows = _manifest(out)
     assert sorted(rows) == ["bomb", "gun", "helicopter"]  # tank's URL is a 404
     assert (rows["bomb"]["start"], rows["bomb"]["end"]) == ("0", "")  # only the range was downloaded
     assert (rows["helicopter"]["start"], rows["helicopter"]["end"]) == ("", "")
-    assert media.probe(out / rows["bomb"]["path"])["duration"] == pytest.approx(2.5, abs=0.15)
-    whole = media.probe(out / rows["helicopter"]["path"])
+    assert media.probe(out / rows["bomb"]["image"])["duration"] == pytest.approx(2.5, abs=0.15)
+    whole = media.probe(out / rows["helicopter"]["image"])
     assert whole["duration"] == pytest.approx(SECONDS, abs=0.15) and whole["has_audio"] and whole["has_video"]
-    assert rows["helicopter"]["path"].startswith("videos/helicopter/")
+    assert rows["helicopter"]["image"].startswith("videos/helicopter/")
     assert server.hits["flaky.mp4"] > FLAKY_FAILURES  # failed twice, then succeeded
     assert server.hits["missing.mp4"] == 1  # a 404 is not retried
 
@@ -143,7 +144,6 @@ def test_ranges_failures_retries_checksums_and_rerun(tmp_path, server):
     # a rerun into a fresh output reuses the cache without a single request
     server.hits.clear()
     again = tmp_path / "out2"
-    again.mkdir()
     fetch_video(cfg, CASE, again, 0)
     assert sum(v for k, v in server.hits.items() if k != "missing.mp4") == 0
     assert (again / "manifest.csv").read_text() == (out / "manifest.csv").read_text()
@@ -154,19 +154,16 @@ def test_ranges_failures_retries_checksums_and_rerun(tmp_path, server):
                      {"url": f"{server.url}/b.mp4", "label": "bomb", "start": 2, "end": 4}])
     server.hits.clear()
     third = tmp_path / "out3"
-    third.mkdir()
     fetch_video(cfg, CASE, third, 0)
     assert server.hits["a.mp4"] == 0 and server.hits["b.mp4"] > 0
-    assert media.probe(third / _manifest(third)["bomb"]["path"])["duration"] == pytest.approx(2.0, abs=0.15)
+    assert media.probe(third / _manifest(third)["bomb"]["image"])["duration"] == pytest.approx(2.0, abs=0.15)
 
 
-def test_nothing_downloadable_is_an_error_without_output(tmp_path, server):
+def test_nothing_downloadable_is_an_error_without_output(tmp_path, server, small_params):
     listing = _write(tmp_path / "videos.csv", [{"url": f"{server.url}/gone.mp4", "label": "tank"}])
-    out = tmp_path / "out"
-    out.mkdir()
     with pytest.raises(DataError, match=r"none of the 1 entries could be downloaded.*gone\.mp4.*404"):
-        fetch_video(_cfg(tmp_path, listing), CASE, out, 0)
-    assert list(out.iterdir()) == []
+        fetch_with(small_params, tmp_path / "p", "battlefield", "youtube", _cfg(tmp_path, listing))
+    assert_no_output(tmp_path / "p" / "data" / "raw" / "battlefield")
 
 
 def test_unknown_label_names_the_line(tmp_path):
@@ -213,17 +210,11 @@ def test_mad_format_cuts_several_segments_from_one_video(tmp_path, server):
                        f'"clip, a",001,2,4,6,0,{server.url}/a.mp4\r\n'
                        f'"clip, b",002,0,1,2,3,{server.url}/b.mp4\r\n')
     out = tmp_path / "out"
-    out.mkdir()
     fetch_video(_cfg(tmp_path, listing), CASE, out, 0)
     with open(out / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["label"] for r in rows] == ["helicopter", "helicopter", "bomb"]  # label 0 (communication) dropped
-    durations = [media.probe(out / r["path"])["duration"] for r in rows]
+    durations = [media.probe(out / r["image"])["duration"] for r in rows]
     assert durations == pytest.approx([2.0, 1.5, 1.0], abs=0.15)
     # segments of one video share its id and keep their time in it (for the time-block split)
-    assert [r["video_id"] for r in rows] == ["a", "a", "b"] and [r["offset"] for r in rows] == ["0", "3", "1"]
-
-
-def test_params_select_this_source():
-    params = {"cases": {"battlefield": {"kind": "video"}}, "fetch": {"battlefield": {"source": "youtube"}}}
-    assert get_fetcher(params, "battlefield") is fetch_video
+    assert [r["subject_id"] for r in rows] == ["a", "a", "b"] and [r["offset"] for r in rows] == ["0", "3", "1"]

@@ -1,10 +1,12 @@
 """End to end with each real source: `dvc repro evaluate@<case>` on small local data in a temporary git repository.
 
 One repository for the module; each test selects a source in params.yaml (`fetch.<case>.source` and
-its options) and reproduces its case up to `evaluate`: coswara (a copy of the Coswara sample),
+its options) and reproduces its case up to `evaluate`: coswara (a copy of the Coswara sample, and with
+its default label map, which keeps no positive participant: the run stops before training),
 manifest (a CSV of generated WAVs), youtube (real yt-dlp against a loopback server of generated mp4s)
-and videos (a folder of class folders of the same mp4s).
+and folder (class folders of the same mp4s). One partition: the partitions have their own tests.
 """
+import copy
 import csv
 import http.server
 import json
@@ -21,17 +23,22 @@ from conftest import make_dvc_repo, run, venv_env
 from test_pipeline import ran_stages
 from test_source_youtube import _Handler
 from tinym2net import media
-from tinym2net.config import merge
+from tinym2net.params import merge
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["fetch", "slice", "featurize", "train", "evaluate"]
+STAGES = ["fetch", "slice", "featurize", "evaluate"]
 MODELS = {"covid": {"fused", "cough", "speech"}, "battlefield": {"fused", "image", "audio"}}
-EMPTY = "9XKj7fAmvwPUas9GFPZuTpev7T03"  # the Coswara sample's participant with 0-sample recordings
+EMPTY = "9XKj7fAmvwPUas9GFPZuTpev7T03"
+SMALL_DEFAULT_LABELS = {"positive_mild": "positive", "positive_moderate": "positive", "positive_asymp": "positive",
+                        "healthy": "negative"}  # the Coswara sample's participant with 0-sample recordings
 CLASSES = ["helicopter", "bomb", "gun", "tank"]
 SECONDS, FPS, SR = 24, 2, 16000
 # the shared, reduced configuration of these tests (over params.yaml and tests/small.yaml)
-SMALL = {"slice": {"covid": {"pairs_per_participant": 3, "split": {"val": 0.34, "test": 0.34}}},
+SMALL = {"partitions": [0],
+         "slice": {"covid": {"samples_per_subject": 3, "split": {"val": 0.34, "test": 0.34,
+                                                                 "min_subjects": {"train": 1, "val": 0, "test": 1}}},
+                   "battlefield": {"split": {"min_subjects": {"train": 1, "val": 1, "test": 1}}}},
          "train": {"covid": {"epochs": 1}, "battlefield": {"epochs": 1}}}
 
 
@@ -49,25 +56,31 @@ def repo(base, repo_root, small_params):
     return path, env, params
 
 
-def reproduce(repo, case: str, source: str, options: dict) -> tuple[Path, str]:
-    """Select `source` (with `options`) for `case` in params.yaml and run `dvc repro evaluate@<case>`."""
+def select(repo, case: str, source: str, options: dict) -> None:
+    """Select `source` (with `options`) for `case` in params.yaml."""
     path, env, params = repo
+    params = copy.deepcopy(params)
     fetch = params["fetch"][case]
     fetch["source"] = source
     fetch[source] = merge(fetch.get(source) or {}, options)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    output = run(["dvc", "repro", f"evaluate@{case}"], path, env)
-    return path, output
+
+
+def reproduce(repo, case: str, source: str, options: dict) -> tuple[Path, str]:
+    """Select `source` (with `options`) for `case` and run `dvc repro evaluate@<case>`."""
+    path, env, _ = repo
+    select(repo, case, source, options)
+    return path, run(["dvc", "repro", f"evaluate@{case}"], path, env)
 
 
 def check_run(path: Path, case: str, output: str) -> dict:
     """Every stage up to evaluate ran for `case` (none of the other case), with every model evaluated."""
-    assert ran_stages(output) == {f"{s}@{case}" for s in STAGES}, output[-3000:]
+    assert ran_stages(output) == {f"{s}@{case}" for s in STAGES} | {f"train@{case}-0"}, output[-3000:]
     result = json.loads((path / "metrics" / case / "evaluate.json").read_text())
     assert set(result["models"]) == MODELS[case]
     for m in result["models"].values():
-        assert 0 <= m["accuracy"] <= 1 and 0 <= m["uar"] <= 1
-    assert result["split"]["leaky"] is False and result["split"]["test_samples"] > 0
+        assert m["uar"]["values"][0] is not None and m["accuracy"]["std"] is None   # one partition: no spread
+    assert result["protocol"]["leaky"] is False and result["protocol"]["test_samples"][0] > 0
     return result
 
 
@@ -78,10 +91,10 @@ def raw_manifest(path: Path, case: str) -> list[dict]:
 
 def interim_subjects(path: Path, case: str) -> dict[str, set[str]]:
     """split -> subjects (participants or videos) of the samples that the slice stage wrote."""
-    with open(path / "data" / "interim" / case / "manifest.csv", newline="") as fh:
+    with open(path / "data" / "interim" / case / "samples.csv", newline="") as fh:
         out: dict[str, set[str]] = {}
         for row in csv.DictReader(fh):
-            out.setdefault(row["split"], set()).add(row["subject_id"])
+            out.setdefault(row["split_0"], set()).add(row["subject_id"])
         return out
 
 
@@ -102,7 +115,26 @@ def test_coswara(repo, base, coswara_fixture):
                     "0zexHIcM7tQDdnFiEj2Eb0v3g212": "negative"}  # the empty participant is dropped
     assert EMPTY not in rows and not (path / "data" / "raw" / "covid" / "20200413" / EMPTY).exists()
     splits = interim_subjects(path, "covid")
-    assert set(splits) == {"train", "val", "test"} and set().union(*splits.values()) == set(rows)
+    assert set(splits) >= {"train", "test"} and set().union(*splits.values()) == set(rows)
+
+
+def test_coswara_default_labels_stop_before_training(repo, base, coswara_fixture):
+    """The sample holds no positive participant under the default label map: slice stops with the class
+    counts in one line, and nothing downstream is written."""
+    import subprocess
+    path, env, _ = repo
+    for stage_dir in ("data/interim/covid", "data/features/covid", "models/covid"):
+        shutil.rmtree(path / stage_dir, ignore_errors=True)
+    select(repo, "covid", "coswara", {"path": str(coswara_fixture), "min_quality": 1,
+                                      "labels": SMALL_DEFAULT_LABELS})
+    proc = subprocess.run(["dvc", "repro", "evaluate@covid"], cwd=path, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    errors = [l for l in (proc.stdout + proc.stderr).splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "class 'positive' has 0 subjects in train" in errors[0], proc.stderr[-2000:]
+    assert "positive: 0 train, 0 val, 0 test" in errors[0] and "fetch.covid.coswara" in errors[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for stage_dir in ("data/interim/covid", "data/features/covid", "models/covid/trained"):
+        assert not (path / stage_dir).exists()
 
 
 def _wav_pairs(root: Path) -> Path:
@@ -137,7 +169,7 @@ def test_manifest(repo, base):
         "s0": "positive", "s1": "positive", "s2": "positive", "s3": "negative", "s4": "negative", "s5": "negative"}
     assert all((path / "data" / "raw" / "covid" / r[m]).is_file() for r in rows for m in ("cough", "speech"))
     splits = interim_subjects(path, "covid")
-    assert set(splits) == {"train", "val", "test"} and set().union(*splits.values()) == {f"s{i}" for i in range(6)}
+    assert set(splits) >= {"train", "test"} and set().union(*splits.values()) == {f"s{i}" for i in range(6)}
 
 
 # ----------------------------------------------------------------------------- battlefield
@@ -186,23 +218,23 @@ def test_youtube(repo, base, server):
     check_run(path, "battlefield", output)
     rows = raw_manifest(path, "battlefield")
     assert Counter(r["label"] for r in rows) == {"helicopter": 2, "bomb": 1, "gun": 1, "tank": 1}
-    durations = sorted(media.probe(path / "data" / "raw" / "battlefield" / r["path"])["duration"] for r in rows)
+    durations = sorted(media.probe(path / "data" / "raw" / "battlefield" / r["image"])["duration"] for r in rows)
     assert durations == pytest.approx([12] + [SECONDS] * 4, abs=0.6)  # only the range of helicopter2
     lock = json.loads((path / "data" / "raw" / "battlefield" / "youtube.lock.json").read_text())
     assert len(lock["videos"]) == 5 and lock["failures"] == []
     assert set(interim_subjects(path, "battlefield")) >= {"train", "val", "test"}
 
 
-def test_videos(repo, clips):
-    path, output = reproduce(repo, "battlefield", "videos", {"path": str(clips), "csv": None})
+def test_folder(repo, clips):
+    path, output = reproduce(repo, "battlefield", "folder", {"path": str(clips)})
     check_run(path, "battlefield", output)
     rows = raw_manifest(path, "battlefield")
-    assert [(r["video_id"], r["label"], r["path"]) for r in rows] == [
-        ("bomb-bomb1", "bomb", "videos/bomb/bomb1.mp4"), ("gun-gun1", "gun", "videos/gun/gun1.mp4"),
-        ("helicopter-helicopter1", "helicopter", "videos/helicopter/helicopter1.mp4"),
-        ("helicopter-helicopter2", "helicopter", "videos/helicopter/helicopter2.mp4"),
-        ("tank-tank1", "tank", "videos/tank/tank1.mp4")]
+    assert [(r["subject_id"], r["label"], r["image"]) for r in rows] == [
+        ("bomb-bomb1", "bomb", "files/bomb-bomb1.mp4"), ("gun-gun1", "gun", "files/gun-gun1.mp4"),
+        ("helicopter-helicopter1", "helicopter", "files/helicopter-helicopter1.mp4"),
+        ("helicopter-helicopter2", "helicopter", "files/helicopter-helicopter2.mp4"),
+        ("tank-tank1", "tank", "files/tank-tank1.mp4")]
     assert not (path / "data" / "raw" / "battlefield" / "youtube.lock.json").exists()
     splits = interim_subjects(path, "battlefield")
     assert set(splits) >= {"train", "val", "test"}
-    assert set().union(*splits.values()) == {r["video_id"] for r in rows}
+    assert set().union(*splits.values()) == {r["subject_id"] for r in rows}

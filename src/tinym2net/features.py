@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import Section, choice, positive
+from .errors import DataError
+from .params import Image, Mfcc
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,9 @@ def mfcc(clips: np.ndarray, *, sr: int, n_mfcc: int, n_fft: int, hop_length: int
     return scipy.fft.dct(db, axis=-2, type=2, norm="ortho")[..., :n_mfcc, :]  # (B, n_mfcc, T)
 
 
-def mfcc_features(clips: np.ndarray, cfg: dict, sr: int, batch_size: int, desc: str) -> np.ndarray:
+def mfcc_features(clips: np.ndarray, spec: Mfcc, sr: int, batch_size: int, desc: str) -> np.ndarray:
     """(N, samples) audio -> (N, 1, frames, n_mfcc) float32, computed in batches."""
-    kwargs = {k: cfg[k] for k in ("n_mfcc", "n_fft", "hop_length", "n_mels", "center")}
+    kwargs = {k: getattr(spec, k) for k in ("n_mfcc", "n_fft", "hop_length", "n_mels", "center")}
     out = []
     for i in tqdm(range(0, len(clips), batch_size), desc=desc, unit="batch"):
         m = mfcc(clips[i:i + batch_size], sr=sr, **kwargs)          # (b, n_mfcc, T)
@@ -46,14 +47,17 @@ def image_features(frames: np.ndarray, size: int) -> np.ndarray:
     return x.numpy()
 
 
-def featurize_modality(segments: np.ndarray, cfg: Section, sr: int, batch_size: int) -> np.ndarray:
-    """Features of one modality's segments, as its `featurize.<case>.<modality>` section says."""
-    kind = choice(cfg, "type", {"mfcc", "image"})
-    if kind == "mfcc":
-        for name in ("n_mfcc", "n_fft", "hop_length", "n_mels"):
-            positive(cfg, name, integer=True)
-        return mfcc_features(segments, cfg, sr, batch_size, f"mfcc {cfg.key.rsplit('.', 1)[-1]}")
-    return image_features(segments, positive(cfg, "size", integer=True))
+def featurize_modality(segments: np.ndarray, spec: Mfcc | Image, sr: int, batch_size: int, name: str) -> np.ndarray:
+    """Features of one modality's segments, as its `featurize.<case>.<modality>` spec says: (N, C, H, W)."""
+    if spec.type == "mfcc":
+        return mfcc_features(segments, spec, sr, batch_size, f"mfcc {name}")
+    return image_features(segments, spec.size)
+
+
+def first_non_finite(x: np.ndarray) -> int | None:
+    """Index of the first segment (axis 0) with a NaN or inf feature, or None."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
 
 
 def normalization(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -66,3 +70,11 @@ def normalization(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.
 def stats_axes(kind: str) -> tuple[int, ...]:
     """MFCCs are normalized per coefficient (last axis), images per channel (axis 1)."""
     return (0, 1, 2) if kind == "mfcc" else (0, 2, 3)
+
+
+def check_finite(x: np.ndarray, modality: str, where) -> None:
+    """A DataError naming the sample whose features are not finite (`where(segment)` describes it)."""
+    bad = first_non_finite(x)
+    if bad is not None:
+        raise DataError(f"features of {modality} segment {bad} ({where(bad)}) are not finite (NaN or inf): "
+                        f"check that recording")

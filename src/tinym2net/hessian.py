@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -23,28 +24,46 @@ def _rademacher(like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (torch.randint(0, 2, like.shape, generator=gen) * 2 - 1).to(like.device, like.dtype)
 
 
+@dataclass
+class Traces:
+    """Hutchinson estimates: per tensor the mean of v . H v and its standard error, and how the run ended."""
+    mean: dict[str, float]
+    stderr: dict[str, float]
+    iterations: int
+    converged: bool
+
+    def __getitem__(self, name: str) -> float:
+        return self.mean[name]
+
+    def relative_error(self, name: str) -> float:
+        return self.stderr[name] / max(abs(self.mean[name]), 1e-300)
+
+
 def hutchinson_traces(model: nn.Module, loss_fn: Callable, batches: Iterable, params: dict[str, torch.Tensor], *,
-                      tol: float = 1e-3, max_iter: int = 200, seed: int = 0) -> dict[str, float]:
+                      tol: float = 0.05, min_iter: int = 2, max_iter: int = 200, seed: int = 0) -> Traces:
     """Estimate Tr(H_ii) for each named tensor: mean of v_i . H_ii v_i over Rademacher v_i, cycling `batches`.
 
     One iteration takes the next (inputs, targets) batch, builds the gradient graph once and probes
     each block with its own vector v_i (one double backprop per tensor). Probing the whole Hessian
     with one v and splitting v . Hv per layer has the same mean but adds the cross-layer blocks
     H_ij to the variance, which for this network is 30-8000x the trace (see tests/test_hessian.py).
-    Stops when, after at least two iterations, every running mean changes by less than `tol`
-    relative, or at `max_iter`.
+    Stops once every tensor's relative standard error (the spread of its samples over the probes and
+    batches, divided by sqrt(iterations)) is at most `tol`, after `min_iter` iterations; else at
+    `max_iter`, unconverged.
     """
     if not params:
         raise ParamsError("hutchinson_traces: no parameters to estimate traces for")
-    if max_iter < 1 or tol < 0:
-        raise ParamsError(f"hutchinson_traces: need max_iter >= 1 and tol >= 0 (got {max_iter!r}, {tol!r})")
+    if max_iter < 1 or tol < 0 or min_iter < 2:
+        raise ParamsError(f"hutchinson_traces: need max_iter >= 1, min_iter >= 2 and tol >= 0 "
+                          f"(got {max_iter!r}, {min_iter!r}, {tol!r})")
     names, tensors = list(params), list(params.values())
     for name, t in params.items():
         if not t.requires_grad:
             raise ParamsError(f"hutchinson_traces: {name} does not require grad")
     gen = torch.Generator().manual_seed(seed)
     source = itertools.cycle(batches)
-    means = dict.fromkeys(names, 0.0)
+    means, m2 = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)   # Welford's running mean and sum of squares
+    converged = False
     was_training = model.training
     model.eval()  # no dropout, BN on running statistics: the same function at every iteration
     try:
@@ -58,21 +77,25 @@ def hutchinson_traces(model: nn.Module, loss_fn: Callable, batches: Iterable, pa
             unused = [n for n, g in zip(names, grads) if g is None]
             if unused:
                 raise ParamsError(f"hutchinson_traces: {unused[0]} does not take part in the loss")
-            changes = []
             for name, g, t in zip(names, grads, tensors):
                 v = _rademacher(t, gen)
                 (hv,) = torch.autograd.grad((g * v).sum(), t, retain_graph=True, allow_unused=True)  # H_ii v_i
                 sample = 0.0 if hv is None else (v * hv).sum().item()  # v_i . H_ii v_i
-                old = means[name]
-                means[name] = old + (sample - old) / it
-                changes.append(abs(means[name] - old) / max(abs(means[name]), abs(old), 1e-30)
-                               if means[name] != old else 0.0)
-            if it >= 2 and max(changes) < tol:
+                delta = sample - means[name]
+                means[name] += delta / it
+                m2[name] += delta * (sample - means[name])
+            if it >= min_iter and all(_stderr(m2[n], it) <= tol * abs(means[n]) for n in names):
+                converged = True
                 break
-        log.info("Hutchinson: %d iterations (tol %g, max_iter %d)", it, tol, max_iter)
+        log.info("Hutchinson: %d iterations, %s (tol %g on the relative standard error, max_iter %d)", it,
+                 "converged" if converged else "NOT converged", tol, max_iter)
     finally:
         model.train(was_training)
-    return means
+    return Traces(means, {n: _stderr(m2[n], it) for n in names}, it, converged)
+
+
+def _stderr(m2: float, n: int) -> float:
+    return (m2 / (n - 1) / n) ** 0.5 if n > 1 else float("inf")
 
 
 def _first_sample(inputs):
@@ -110,14 +133,15 @@ def layer_macs(model: nn.Module, example_inputs) -> dict[str, int]:
 
 
 def sensitivity(model: nn.Module, loss_fn: Callable, batches: Iterable, *, bit_choices=(4, 8),
-                tol: float = 1e-3, max_iter: int = 200, seed: int = 0) -> list[dict]:
-    """Per quantizable layer: name, weight count, MACs, Hessian trace and Omega at each bit width."""
+                tol: float = 0.05, min_iter: int = 2, max_iter: int = 200, seed: int = 0) -> tuple[list[dict], Traces]:
+    """Per quantizable layer: name, weight count, MACs, Hessian trace (and its standard error) and Omega at
+    each bit width; and the Hutchinson run itself."""
     batches = list(batches)
     if not batches:
         raise DataError("sensitivity: no batches to estimate the Hessian from")
     layers = quantizable_layers(model)
     traces = hutchinson_traces(model, loss_fn, batches, {n: m.weight for n, m in layers.items()},
-                               tol=tol, max_iter=max_iter, seed=seed)
+                               tol=tol, min_iter=min_iter, max_iter=max_iter, seed=seed)
     macs = layer_macs(model, batches[0][0])
     out = []
     for name, layer in layers.items():
@@ -126,8 +150,9 @@ def sensitivity(model: nn.Module, loss_fn: Callable, batches: Iterable, *, bit_c
             log.warning("%s: negative Hessian trace %.3g (not at a minimum?); Omega is negative", name, traces[name])
         omega = {str(b): traces[name] / w.numel() * (fake_quant_weight(w, b) - w).pow(2).sum().item()
                  for b in bit_choices}
-        out.append({"name": name, "params": w.numel(), "macs": macs[name], "trace": traces[name], "omega": omega})
-    return out
+        out.append({"name": name, "params": w.numel(), "macs": macs[name], "trace": traces[name],
+                    "trace_stderr": traces.stderr[name], "omega": omega})
+    return out, traces
 
 
 def ties(model: nn.Module) -> list[list[str]]:

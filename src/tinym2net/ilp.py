@@ -83,7 +83,7 @@ def _check_sensitivity(sens: dict, bit_choices: list[int]) -> list[dict]:
     return layers
 
 
-def _groups(names: list[str], ties: list) -> list[list[int]]:
+def tie_groups(names: list[str], ties: list) -> list[list[int]]:
     """Layer indices grouped by ties (transitively), in order of first layer."""
     index = {n: i for i, n in enumerate(names)}
     parent = list(range(len(names)))
@@ -219,7 +219,7 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
             raise ParamsError(f"pin names {name!r}, which is not a layer of the sensitivity file")
         if b not in choices:
             raise ParamsError(f"pin {name}={b}: {b} is not one of the bit choices {choices}")
-    groups = _groups(names, sens.get("ties", []))
+    groups = tie_groups(names, sens.get("ties", []))
 
     group_pin: list[int | None] = []
     for group in groups:
@@ -327,6 +327,24 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
         "pins": pins,
         "status": status,
     }
+
+
+def pins(layers: list[dict], bits: int | None) -> dict[str, int]:
+    """The first convolution of every branch and the output layer, pinned at `bits`."""
+    if not bits:
+        return {}
+    names = [l["name"] for l in layers]
+    firsts = {n for n in names if n.startswith("branches.") and ".features.conv1." in n}
+    return {n: bits for n in [*sorted(firsts), names[-1]]}
+
+
+def allocate(cfg, sens: dict, size_lambda: float | None = None) -> dict:
+    """Solve with params.yaml's `ilp` settings (`cfg`), optionally at another size lambda."""
+    size = {"size_limit": cfg.size_limit, "size_lambda": cfg.size_lambda}
+    if size_lambda is not None:
+        size = {"size_limit": None, "size_lambda": size_lambda}
+    return solve(sens, cfg.bit_choices, **size, bops_limit=cfg.bops_limit, bops_lambda=cfg.bops_lambda,
+                 pins=pins(sens["layers"], cfg.pin_bits))
 
 
 def _pin(text: str) -> tuple[str, int]:

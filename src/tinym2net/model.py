@@ -49,8 +49,11 @@ class Branch(nn.Module):
             block, channels = _block(kind, args, channels, padding, dropout, f"{key}.layers[{i - 1}]")
             blocks[f"{kind}{i}"] = block
         self.features = nn.Sequential(blocks)
-        with torch.no_grad():
-            out = self.features(torch.zeros(1, *in_shape))
+        try:
+            with torch.no_grad():
+                out = self.features(torch.zeros(1, *in_shape))
+        except RuntimeError:  # a kernel or pool larger than what reaches it
+            out = torch.zeros(0)
         if out.numel() == 0:
             raise ParamsError(f"params.yaml: {key}: the layers shrink an input of {tuple(in_shape)} to nothing")
         self.flatten_size = out.numel()

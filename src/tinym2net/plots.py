@@ -1,6 +1,7 @@
-"""Figures: the confusion matrix, and bits and sensitivity per layer."""
+"""Figures: the confusion matrix, and bits and sensitivity per layer; the tables DVC plots draw."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import matplotlib
@@ -11,9 +12,28 @@ import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 
-def confusion_png(y_true, y_pred, classes: list[str], path: Path, title: str) -> None:
-    """Write the confusion matrix (counts, rows = true class) as a PNG."""
-    cm = skm.confusion_matrix(y_true, y_pred, labels=np.arange(len(classes)))
+def confusion_matrix(y_true, y_pred, classes: list[str]) -> np.ndarray:
+    """Counts (rows = true class, columns = predicted) over every class, including classes that never occur."""
+    return skm.confusion_matrix(y_true, y_pred, labels=np.arange(len(classes)))
+
+
+def confusion_counts(y_true, y_pred, classes: list[str]) -> list[dict]:
+    """One row per (actual, predicted) pair of classes, zeros included, in class order (DVC's confusion_counts)."""
+    cm = confusion_matrix(y_true, y_pred, classes)
+    return [{"actual": a, "predicted": p, "count": int(cm[i, j])}
+            for i, a in enumerate(classes) for j, p in enumerate(classes)]
+
+
+def confusion_csv(y_true, y_pred, classes: list[str], fh) -> None:
+    """Write `confusion_counts` as CSV (actual, predicted, count) to an open text file."""
+    writer = csv.DictWriter(fh, fieldnames=["actual", "predicted", "count"])
+    writer.writeheader()
+    writer.writerows(confusion_counts(y_true, y_pred, classes))
+
+
+def confusion_png(y_true, y_pred, classes: list[str], path, title: str) -> None:
+    """Write the confusion matrix (counts, rows = true class) as a PNG (to a path or a binary file)."""
+    cm = confusion_matrix(y_true, y_pred, classes)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(classes), 1.0 + 0.9 * len(classes)), dpi=100)
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")

@@ -1,5 +1,8 @@
-"""reports/results.md: our figures beside the TinyM2Net paper's (Tables 2-4)."""
+"""reports/results.md: every headline figure with its spread, our figures beside the TinyM2Net paper's
+(Tables 2-4), collapsed models and leaky splits said loudly, and figures from different data refused."""
 from __future__ import annotations
+
+from .errors import DataError
 
 # Paper, Table 4 (accuracy %, size KB) and the unimodal baselines (accuracy %).
 PAPER = {
@@ -11,46 +14,143 @@ PAPER = {
 LABELS = {"fp32": "FP32", "w8a8": "W8A8", "mp": "Mixed (ILP)", "w4a4": "W4A4"}
 
 
+class StaleMetrics(DataError):
+    """Metrics files of one case were computed on different features."""
+
+
+def check_same_data(case: str, files: dict[str, dict]) -> str:
+    """The features hash every metrics file of a case records; a StaleMetrics naming the odd file out."""
+    hashes = {name: data.get("features") for name, data in files.items() if data is not None}
+    missing = [name for name, h in hashes.items() if not h]
+    if missing:
+        raise StaleMetrics(f"{missing[0]}: records no features hash (written by an older version); rerun its stage")
+    reference = hashes.get(f"metrics/{case}/evaluate.json") or next(iter(hashes.values()))
+    stale = [name for name, h in hashes.items() if h != reference]
+    if stale:
+        raise StaleMetrics(f"{stale[0]} was computed on other data than metrics/{case}/evaluate.json (features "
+                           f"{hashes[stale[0]][:8]} vs {reference[:8]}); it is stale: `dvc repro` the case")
+    return reference
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def case_section(case: str, evaluate: dict, quantize: dict) -> str:
+def spread(f: dict | None) -> str:
+    """'mean ± std [lo, hi]' in percent, from an `interval` dict."""
+    if not f or f.get("mean") is None:
+        return "-"
+    if f.get("std") is None:
+        return _pct(f["mean"])
+    return f"{_pct(f['mean'])} ± {_pct(f['std'])} [{_pct(f['ci'][0])}, {_pct(f['ci'][1])}]"
+
+
+def boot(f: dict | None, key: str = "value") -> str:
+    """'value [lo, hi]' in percent from a bootstrap dict (or its difference)."""
+    if not f:
+        return "-"
+    value, ci = (f["value"], f["ci"]) if key == "value" else (f.get("diff"), f.get("diff_ci"))
+    if value is None:
+        return "-"
+    sign = "+" if key != "value" and value >= 0 else ""
+    return f"{sign}{_pct(value)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def case_section(case: str, files: dict[str, dict]) -> str:
     """The markdown section of one case."""
+    evaluate, quantize = files[f"metrics/{case}/evaluate.json"], files[f"metrics/{case}/quantize.json"]
+    export = files.get(f"metrics/{case}/export.json") or {}
     paper = PAPER.get(case, {})
-    split = evaluate["split"]
-    leak = " **(leaky: the paper's random split)**" if split["leaky"] else ""
+    proto = evaluate["protocol"]
+    leak = " **LEAKY (" + ("the given split" if proto["strategy"] == "given" else "the paper's random split") + \
+        "): these figures overstate what the model does on new subjects**" if proto["leaky"] else ""
     lines = [f"## {case}", "",
-             f"Test split: {split['strategy']}{leak}, {split['test_samples']} samples from "
-             f"{split['test_subjects']} {'participants' if case == 'covid' else 'videos'}.", "",
-             "| variant | accuracy % | paper accuracy % | UAR % | macro-F1 % | size KiB | paper size KB | compression | BOPS |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, label in LABELS.items():
-        r = quantize["variants"].get(name)
-        if r is None:
-            continue
-        p_acc, p_size = paper.get(name, (None, None))
-        lines.append(f"| {label} | {_pct(r['accuracy'])} | {p_acc if p_acc is not None else '-'} | {_pct(r['uar'])} "
-                     f"| {_pct(r['macro_f1'])} | {r['size_kib']:.1f} | {p_size if p_size is not None else '-'} "
-                     f"| {r['compression']:.1f}x | {r['bops']:.3g} |")
-    lines += ["", "Multimodal against unimodal (FP32, test split):", "",
-              "| model | accuracy % | paper accuracy % | UAR % | parameters |", "|---|---|---|---|---|"]
+             f"Protocol: {proto['partitions']} {proto['strategy']} partitions (unit: {proto['unit']}){leak}; test splits "
+             f"of {', '.join(map(str, proto['test_samples']))} samples from {', '.join(map(str, proto['test_units']))} "
+             f"{proto['unit']}s. Figures: mean ± std over the partitions [{100 * proto['confidence']:g}% interval, "
+             f"{proto['interval']}].", ""]
+    for warning in evaluate.get("warnings", []):
+        lines += [f"> **Warning:** {warning}", ""]
+    has_auc = any("roc_auc" in m for m in evaluate["models"].values())
+    head = "| model | UAR % | accuracy % | macro-F1 % |" + (" ROC AUC % | per subject: UAR % | per subject: AUC % |"
+                                                          if has_auc else "") + " parameters | paper accuracy % |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for name, m in evaluate["models"].items():
         p = paper.get("fp32", (None,))[0] if name == "fused" else paper.get("unimodal", {}).get(name)
-        lines.append(f"| {name} | {_pct(m['accuracy'])} | {p if p is not None else '-'} | {_pct(m['uar'])} "
-                     f"| {m['params']:,} |")
-    gains = ", ".join(f"{100 * g:+.1f} points over {m}" for m, g in evaluate["fused_gain"].items())
-    lines += ["", f"Fused gain: {gains}.", "",
-              "Pareto front (size KiB, accuracy %): " + ", ".join(
-                  f"{p['variant']} ({p['size_kib']:.1f}, {_pct(p['accuracy'])})" for p in quantize["pareto"]) + ".", ""]
+        label = f"{name} **(collapsed)**" if m.get("collapsed") else name
+        row = f"| {label} | {spread(m['uar'])} | {spread(m['accuracy'])} | {spread(m['macro_f1'])} |"
+        if has_auc:
+            row += f" {spread(m.get('roc_auc'))} | {spread(m['subject'].get('uar'))} | {spread(m['subject'].get('roc_auc'))} |"
+        lines.append(row + f" {m['params']:,} | {p if p is not None else '-'} |")
+    if evaluate.get("gain"):
+        lines += ["", "Gain of the fused model (points, per partition, then summarized): " + "; ".join(
+            f"over {m}: UAR {spread(g['uar'])}, accuracy {spread(g['accuracy'])}" for m, g in evaluate["gain"].items()) + "."]
+    groups = evaluate["models"][next(iter(evaluate["models"]))].get("groups") or {}
+    if groups:
+        lines += ["", f"Per group ({next(iter(evaluate['models']))}): " + "; ".join(
+            f"{g}: UAR {spread(f['uar'])}, accuracy {spread(f['accuracy'])}" for g, f in groups.items()) + "."]
+    lines += ["", quantize_section(case, quantize, export, paper), ""]
     return "\n".join(lines)
 
 
-def results_md(cases: dict[str, tuple[dict, dict]]) -> str:
-    """The whole report: one section per case."""
+def quantize_section(case: str, q: dict, export: dict, paper: dict) -> str:
+    """Variants PTQ and QAT with their paired difference to FP32, the deployed accuracy, the ablation."""
+    deployed = export.get("variants", {})
+    lines = [f"Quantized variants of partition {q['partition']}'s fused model ({q['test_samples']} test samples, "
+             f"{q['test_units']} units; {q['spread']}). Deployed: the exported artifact's accuracy (export.json).", "",
+             "| variant | PTQ accuracy % | PTQ vs FP32 (points) | QAT accuracy % | QAT vs FP32 (points) | deployed accuracy % "
+             "| QAT UAR % | weights KiB | compression | BOPS G | paper accuracy % | paper size KB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in q["variants"].items():
+        p_acc, p_size = paper.get(name, (None, None))
+        dep = deployed.get(name, {}).get("accuracy")
+        lines.append(f"| {LABELS.get(name, name)} | {boot(r['ptq']['accuracy'])} | {boot(r['ptq']['accuracy'], 'diff')} "
+                     f"| {boot(r['qat']['accuracy'])} | {boot(r['qat']['accuracy'], 'diff')} | {_pct(dep)} "
+                     f"| {boot(r['qat']['uar'])} | {r['weights_kib']:.1f} | {r['compression']:.1f}x | {r['bops_g']:.3g} "
+                     f"| {p_acc if p_acc is not None else '-'} | {p_size if p_size is not None else '-'} |")
+    lines += ["", verdict(q)]
+    ab = q.get("ablation", {}).get("allocations", {})
+    if len(ab) > 1:
+        lines += ["", f"Ablation at the MP variant's size budget ({q['ablation']['size_limit_bytes'] / 1024:.1f} KiB), "
+                      "post-training: does the Hessian ordering help?", "",
+                  "| allocation | sum of Omega | weights KiB | PTQ accuracy % | vs FP32 (points) | PTQ UAR % |",
+                  "|---|---|---|---|---|---|"]
+        for name, a in ab.items():
+            lines.append(f"| {name} | {a['objective']:.3g} | {a['weights_kib']:.1f} | {boot(a['accuracy'])} "
+                         f"| {boot(a['accuracy'], 'diff')} | {boot(a['uar'])} |")
+    sens = q.get("sensitivity", {})
+    if sens:
+        lines += ["", f"Sensitivity: Hutchinson {'converged' if sens['converged'] else '**did NOT converge**'} "
+                      f"in {sens['iterations']} iterations."]
+    front = q.get("pareto") or []
+    lines += ["", "Pareto front of the QAT variants (weights KiB, accuracy %): " + ", ".join(
+        f"{p['variant']} ({p['weights_kib']:.1f}, {_pct(p['accuracy'])})" for p in front) + "."]
+    return "\n".join(lines)
+
+
+def verdict(q: dict) -> str:
+    """What the PTQ figures say about uniform 4-bit and the ILP's mixed precision, plainly."""
+    v = q["variants"]
+    low = next((n for n in v if n.startswith("w") and n != "w8a8" and n.endswith(n[1])), None)
+    if low is None or "mp" not in v:
+        return ""
+    d4, dmp = v[low]["ptq"]["accuracy"], v["mp"]["ptq"]["accuracy"]
+    lost = d4["diff_ci"][1] < 0
+    text = (f"Post-training, uniform {low.upper()} changes accuracy by {boot(d4, 'diff')} points against FP32: "
+            + ("a loss beyond the spread." if lost else "within the spread (no measurable loss)."))
+    if lost:
+        recovered = dmp["diff_ci"][1] >= 0
+        text += (f" The ILP's mixed precision changes it by {boot(dmp, 'diff')}: "
+                 + ("it recovers the loss (its interval includes no change)." if recovered
+                    else "it does not fully recover the loss."))
+    return text
+
+
+def results_md(cases: dict[str, dict[str, dict]]) -> str:
+    """The whole report: one section per case (`cases`: case -> {metrics file: its content})."""
     head = ["# Results", "",
-            "Produced by `dvc repro` (stage `report`) from `metrics/<case>/evaluate.json` and "
-            "`metrics/<case>/quantize.json`. Paper figures: TinyM2Net, Tables 2-4 (the paper reports KB; "
-            "we report KiB of packed weights plus scales). On the built-in demo source these numbers describe "
+            "Produced by `dvc repro` (stage `report`) from `metrics/<case>/*.json`. Paper figures: TinyM2Net, Tables 2-4 "
+            "(the paper reports KB and accuracy of a random, leaky split; we report KiB of packed weights plus scales, "
+            "subject-disjoint partitions, and UAR beside accuracy). On the built-in demo source these numbers describe "
             "the synthetic data, not COVID-19 or battlefield recordings.", ""]
-    return "\n".join(head + [case_section(c, e, q) for c, (e, q) in cases.items()])
+    return "\n".join(head + [case_section(c, files) for c, files in cases.items()])

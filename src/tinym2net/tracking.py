@@ -218,20 +218,23 @@ def stage_summary(stage: str) -> str:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, case: str, root: Path = Path(".")):
-    """An MLflow run `<case>/<stage>` for one execution of `stage` on `case`, tagged for lineage;
-    it ends FAILED if the stage raises or is terminated."""
+def stage_run(stage: str, case: str, root: Path = Path("."), partition: int | None = None):
+    """An MLflow run `<item>/<stage>` for one execution of the DVC stage `<stage>@<item>` (item: the case,
+    or `<case>-<partition>`), tagged for lineage; it ends FAILED if the stage raises or is terminated."""
     import mlflow
 
     experiment = set_experiment(case, root)
     client = mlflow.MlflowClient(tracking_uri(root))
     end_orphans(client, experiment.experiment_id)
+    item = case if partition is None else f"{case}-{partition}"
     commit = git_commit(Path(root))
     tags = {"stage": stage, "case": case, "git_commit": commit, PROCESS_TAG: process_id(), **flow_run_tags()}
-    tags.update({f"dvc.dep.{path}": md5 for path, md5 in dvc_dependency_hashes(f"{stage}@{case}", Path(root)).items()})
-    note = "\n\n".join(filter(None, [f"**{case}/{stage}**: {stage_summary(stage)}",
-                                     f"DVC stage `{stage}@{case}`, git commit `{commit}`.", flow_run_note()]))
-    with signals_unwind(), mlflow.start_run(run_name=f"{case}/{stage}", tags=tags, description=note) as run:
+    if partition is not None:
+        tags["partition"] = str(partition)
+    tags.update({f"dvc.dep.{path}": md5 for path, md5 in dvc_dependency_hashes(f"{stage}@{item}", Path(root)).items()})
+    note = "\n\n".join(filter(None, [f"**{item}/{stage}**: {stage_summary(stage)}",
+                                     f"DVC stage `{stage}@{item}`, git commit `{commit}`.", flow_run_note()]))
+    with signals_unwind(), mlflow.start_run(run_name=f"{item}/{stage}", tags=tags, description=note) as run:
         log.info("MLflow run %s (%s) in %s", run.info.run_id, run.info.run_name, tracking_uri(root))
         yield run
         link_children(client, run, note)

@@ -31,10 +31,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import media
-from ..config import get
 from ..errors import DataError, ParamsError
-from . import MANIFEST, cleared_on_error, read_csv, write_manifest
+from ..ids import safe_id
+from . import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -47,58 +46,51 @@ class CoswaraError(DataError):
     """The Coswara data are unreachable, incomplete or inconsistent."""
 
 
-def fetch_paired_audio(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
-    """Extract the kept Coswara participants into `out_dir` and write the raw manifest."""
-    opts = _options(cfg, case_info)
-    modalities = case_info["modalities"]
-    with cleared_on_error(out_dir):
-        root = _local_root(opts)
-        dates = opts["dates"] or sorted(p.name for p in root.iterdir() if p.is_dir() and DATE.match(p.name))
-        if not dates:
-            raise CoswaraError(f"{root}: no date folders (YYYYMMDD) found; is it a clone of Coswara-Data?")
-        statuses = _statuses(root / "combined_data.csv")
-        quality = {m: _qualities(root, rec) for m, rec in opts["recordings"].items()} if opts["min_quality"] else {}
-        rows, dropped, seen = [], Counter(), set()
-        for date in tqdm(dates, desc="coswara dates", unit="date"):
-            rows += _fetch_date(root, date, opts, statuses, quality, modalities, out_dir, dropped, seen)
-        if not rows:
-            raise CoswaraError(f"{root}: no participant kept in dates {', '.join(dates)} "
-                               f"(dropped: {_reasons(dropped)})")
-        rows.sort(key=lambda r: (r[modalities[0]].split("/")[0], r["subject_id"]))
-        write_manifest(out_dir / MANIFEST, ["subject_id", "label", *modalities], rows)
+def fetch(opts, ctx) -> list[dict]:
+    """Extract the kept Coswara participants into `ctx.out`; returns the manifest rows."""
+    modalities = list(ctx.modalities)
+    if sorted(opts.recordings) != sorted(modalities):
+        raise ParamsError(f"params.yaml: {KEY}.recordings must map each modality ({', '.join(modalities)}) "
+                          f"to a Coswara recording name (got {opts.recordings})")
+    for status, label in opts.labels.items():
+        if label is not None and label not in ctx.classes:
+            raise ParamsError(f"params.yaml: {KEY}.labels.{status}: {label!r} is not a class "
+                              f"({', '.join(ctx.classes)}; null drops the status)")
+    if not opts.path and not opts.url:
+        raise ParamsError(f"params.yaml: set {KEY}.path (a clone of Coswara-Data) or {KEY}.url")
+    root = _local_root(opts, ctx.limits)
+    dates = opts.dates or sorted(p.name for p in root.iterdir() if p.is_dir() and DATE.match(p.name))
+    if not dates:
+        raise CoswaraError(f"{root}: no date folders (YYYYMMDD) found; is it a clone of Coswara-Data?")
+    statuses = _statuses(root / "combined_data.csv")
+    quality = {m: _qualities(root, rec) for m, rec in opts.recordings.items()} if opts.min_quality else {}
+    rows, dropped, seen = [], Counter(), set()
+    budget = _Budget(ctx.limits)
+    for date in tqdm(dates, desc="coswara dates", unit="date"):
+        rows += _fetch_date(root, date, opts, statuses, quality, ctx, dropped, seen, budget)
+    if not rows:
+        raise CoswaraError(f"{root}: no participant kept in dates {', '.join(dates)} "
+                           f"(dropped: {_reasons(dropped)})")
+    rows.sort(key=lambda r: (r[modalities[0]].split("/")[0], r["subject_id"]))
     counts = Counter(r["label"] for r in rows)
     log.info("coswara: kept %d participants (%s); dropped %d: %s", len(rows),
-             ", ".join(f"{counts[c]} {c}" for c in case_info["classes"]), sum(dropped.values()), _reasons(dropped))
+             ", ".join(f"{counts[c]} {c}" for c in ctx.classes), sum(dropped.values()), _reasons(dropped))
+    return rows
 
 
-# ----------------------------------------------------------------------------- options
+class _Budget:
+    """Bytes extracted so far, against limits.archive_member_mb and limits.extract_total_mb."""
 
-def _options(cfg: dict, case_info: dict) -> dict:
-    """Validated `fetch.covid.coswara` options."""
-    params = {"fetch": {"covid": cfg}}
-    opts = {name: get(params, f"{KEY}.{name}")
-            for name in ("path", "url", "cache_dir", "dates", "recordings", "min_quality", "labels")}
-    if not opts["path"] and not opts["url"]:
-        raise ParamsError(f"params.yaml: set {KEY}.path (a clone of Coswara-Data) or {KEY}.url")
-    if opts["dates"] is not None:
-        if not isinstance(opts["dates"], list) or not all(DATE.match(str(d)) for d in opts["dates"]):
-            raise ParamsError(f"params.yaml: {KEY}.dates must be a list of YYYYMMDD folder names or null "
-                              f"(got {opts['dates']!r})")
-        opts["dates"] = [str(d) for d in opts["dates"]]
-    recordings = opts["recordings"]
-    if not isinstance(recordings, dict) or sorted(recordings) != sorted(case_info["modalities"]):
-        raise ParamsError(f"params.yaml: {KEY}.recordings must map each modality "
-                          f"({', '.join(case_info['modalities'])}) to a Coswara recording name (got {recordings!r})")
-    if opts["min_quality"] not in (0, 1, 2):
-        raise ParamsError(f"params.yaml: {KEY}.min_quality must be 0, 1 or 2 (got {opts['min_quality']!r})")
-    labels = opts["labels"]
-    if not isinstance(labels, dict) or not labels:
-        raise ParamsError(f"params.yaml: {KEY}.labels must map covid_status values to classes (got {labels!r})")
-    for status, label in labels.items():
-        if label is not None and label not in case_info["classes"]:
-            raise ParamsError(f"params.yaml: {KEY}.labels.{status}: {label!r} is not a class "
-                              f"({', '.join(case_info['classes'])}; null drops the status)")
-    return opts
+    def __init__(self, limits):
+        self.member, self.total, self.used = limits.archive_member_mb * MB, limits.extract_total_mb * MB, 0
+
+    def take(self, size: int, what: str) -> None:
+        if size > self.member:
+            raise CoswaraError(f"{what} is {size / MB:.1f} MB, over limits.archive_member_mb "
+                               f"({self.member / MB:g} MB); refused before extraction")
+        if self.used + size > self.total:
+            raise CoswaraError(f"{what}: extracting it would pass limits.extract_total_mb ({self.total / MB:g} MB)")
+        self.used += size
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -132,51 +124,59 @@ def _qualities(root: Path, recording: str) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- one date
 
-def _fetch_date(root: Path, date: str, opts: dict, statuses: dict, quality: dict, modalities: list[str],
-                out_dir: Path, dropped: Counter, seen: set) -> list[dict]:
+def _fetch_date(root: Path, date: str, opts, statuses: dict, quality: dict, ctx, dropped: Counter,
+                seen: set, budget: _Budget) -> list[dict]:
     """Manifest rows of the participants kept from one date; extracts their recordings."""
     folder = root / date
-    if not (folder / f"{date}.csv").is_file():
-        raise CoswaraError(f"{folder / f'{date}.csv'} not found (is {date} a Coswara date folder?)")
+    table = folder / f"{date}.csv"
+    if not table.is_file():
+        raise CoswaraError(f"{table} not found (is {date} a Coswara date folder?)")
+    modalities = list(ctx.modalities)
     wanted = {}
-    for _, row in read_csv(folder / f"{date}.csv", ["id"]):
+    for line, row in read_csv(table, ["id"]):
         pid = row["id"]
+        try:
+            safe_id(pid, f"{table} line {line}", "participant id")
+        except DataError as exc:
+            ctx.bad(f"{table} line {line}", exc)
+            dropped["unsafe participant id"] += 1
+            continue
         if pid in seen:
             dropped["listed again in a later date"] += 1
             continue
         status = statuses.get(pid) or row.get("covid_status", "")
-        label = opts["labels"].get(status)
+        label = opts.labels.get(status)
         if label is None:
             dropped[f"covid_status {status or 'missing'!r} not mapped"] += 1
             continue
-        reason = next((f"{opts['recordings'][m]} " + ("not annotated" if pid not in quality[m]
-                       else f"quality < {opts['min_quality']}")
-                       for m in modalities if quality and quality[m].get(pid, -1) < opts["min_quality"]), None)
+        reason = next((f"{opts.recordings[m]} " + ("not annotated" if pid not in quality[m]
+                       else f"quality < {opts.min_quality}")
+                       for m in modalities if quality and quality[m].get(pid, -1) < opts.min_quality), None)
         if reason:
             dropped[reason] += 1
             continue
         wanted[pid] = label
     if not wanted:
         return []
-    names = {f"{pid}/{opts['recordings'][m]}.wav" for pid in wanted for m in modalities}
-    found = _extract(folder, date, names, out_dir, len(wanted))
+    names = {f"{pid}/{opts.recordings[m]}.wav" for pid in wanted for m in modalities}
+    found = _extract(folder, date, names, ctx.out, len(wanted), budget)
     rows = []
     for pid, label in wanted.items():
-        files = {m: f"{date}/{pid}/{opts['recordings'][m]}.wav" for m in modalities}
+        files = {m: f"{date}/{pid}/{opts.recordings[m]}.wav" for m in modalities}
         reason = None
-        if any(f"{pid}/{opts['recordings'][m]}.wav" not in found for m in modalities):
+        if any(f"{pid}/{opts.recordings[m]}.wav" not in found for m in modalities):
             reason = "recording missing from the archive"
         else:
-            for path in files.values():
+            for rel in files.values():
                 try:
-                    media.read_wav(out_dir / path)
+                    ctx.check(ctx.out.path(rel), "audio")
                 except DataError as exc:
                     reason = "empty or unreadable recording"
-                    log.warning("participant %s skipped: %s", pid, str(exc).replace(f"{out_dir}{os.sep}", ""))
+                    log.warning("participant %s skipped: %s", pid, str(exc).replace(f"{ctx.out.root}{os.sep}", ""))
                     break
         if reason:
             dropped[reason] += 1
-            shutil.rmtree(out_dir / date / pid, ignore_errors=True)
+            ctx.out.remove(f"{date}/{pid}")
             continue
         rows.append({"subject_id": pid, "label": label, **files})
         seen.add(pid)
@@ -233,8 +233,9 @@ def _suffix(i: int) -> str:
     return chr(ord("a") + i // 26) + chr(ord("a") + i % 26)
 
 
-def _extract(folder: Path, date: str, names: set[str], out_dir: Path, listed: int) -> set[str]:
-    """Stream the split archive of one date, extracting members `<id>/<recording>.wav` in `names`."""
+def _extract(folder: Path, date: str, names: set[str], out, listed: int, budget: _Budget) -> set[str]:
+    """Stream the split archive of one date, extracting members `<id>/<recording>.wav` in `names`
+    (built from validated ids) into the `out` folder, each bounded by the extraction budget."""
     parts = _parts(folder, date, listed)
     sizes = [p.stat().st_size for p in parts]
     stream = _Parts(parts, tqdm(total=sum(sizes), desc=f"{date}.tar.gz", unit="B", unit_scale=True, leave=False))
@@ -245,10 +246,19 @@ def _extract(folder: Path, date: str, names: set[str], out_dir: Path, listed: in
                 for member in tar:
                     name = "/".join(member.name.split("/")[-2:])
                     if member.isfile() and name in names:
-                        tar.extract(member.replace(name=f"{date}/{name}", deep=False), out_dir, filter="data")
+                        budget.take(member.size, f"{folder.name}/{date}.tar.gz member {member.name}")
+                        target = out.path(f"{date}/{name}")
+                        tar.extract(member.replace(name=f"{date}/{name}", deep=False), out.root, filter="data")
+                        if not target.is_file():
+                            raise CoswaraError(f"{member.name}: not extracted where expected")
                         found.add(name)
+                    if gz.tell() > budget.total:
+                        raise CoswaraError(f"{date}.tar.gz decompresses to over limits.extract_total_mb "
+                                           f"({budget.total / MB:g} MB); refused")
             while gz.read(1 << 20):  # the rest of the stream: its end and CRC prove the last part complete
-                pass
+                if gz.tell() > budget.total:
+                    raise CoswaraError(f"{date}.tar.gz decompresses to over limits.extract_total_mb "
+                                       f"({budget.total / MB:g} MB); refused")
     except (EOFError, gzip.BadGzipFile, zlib.error, tarfile.TarError) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise CoswaraError(f"{folder}: unsafe archive member refused ({exc})") from None
@@ -287,21 +297,21 @@ def _reasons(dropped: Counter) -> str:
 
 # ----------------------------------------------------------------------------- remote
 
-def _local_root(opts: dict) -> Path:
+def _local_root(opts, limits) -> Path:
     """The local Coswara-Data folder: `path`, or a clone/mirror of `url` in `cache_dir`."""
-    if opts["path"]:
-        root = Path(opts["path"])
+    if opts.path:
+        root = Path(opts.path)
         if not root.is_dir():
             raise CoswaraError(f"{KEY}.path: {root} is not a folder (clone github.com/iiscleap/Coswara-Data there)")
         return root
-    url = str(opts["url"]).rstrip("/")
-    target = Path(opts["cache_dir"]) / re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://")[-1])
+    url = str(opts.url).rstrip("/")
+    target = Path(opts.cache_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://")[-1])
     if url.endswith(".git") or url.startswith(("git@", "git://", "ssh://")):
         return _clone(url, target)
-    if not opts["dates"]:
+    if not opts.dates:
         raise ParamsError(f"params.yaml: {KEY}.dates: list the dates to mirror from {url} "
                           f"(a raw URL has no folder listing)")
-    return _mirror(url, target, opts)
+    return _mirror(url, target, opts, limits.extract_total_mb * MB)
 
 
 def _unreachable(url: str, why) -> CoswaraError:
@@ -331,22 +341,22 @@ def _clone(url: str, target: Path) -> Path:
     return target
 
 
-def _mirror(base: str, target: Path, opts: dict) -> Path:
+def _mirror(base: str, target: Path, opts, cap: float) -> Path:
     """Download the files the dates need from a raw base URL into `target` (kept files are reused)."""
-    _download(base, "combined_data.csv", target, required=False)
-    if opts["min_quality"]:
-        for rec in opts["recordings"].values():
-            _download(base, f"annotations/{rec}_labels.csv", target, required=True)
-    for date in opts["dates"]:
-        _download(base, f"{date}/{date}.csv", target, required=True)
+    _download(base, "combined_data.csv", target, False, cap)
+    if opts.min_quality:
+        for rec in opts.recordings.values():
+            _download(base, f"annotations/{rec}_labels.csv", target, True, cap)
+    for date in opts.dates:
+        _download(base, f"{date}/{date}.csv", target, True, cap)
         i = 0
-        while _download(base, f"{date}/{date}.tar.gz.{_suffix(i)}", target, required=i == 0):
+        while _download(base, f"{date}/{date}.tar.gz.{_suffix(i)}", target, i == 0, cap):
             i += 1
     return target
 
 
-def _download(base: str, rel: str, target: Path, required: bool) -> bool:
-    """Fetch `base/rel` to `target/rel` unless present; False if the server has no such file."""
+def _download(base: str, rel: str, target: Path, required: bool, cap: float) -> bool:
+    """Fetch `base/rel` to `target/rel` unless present (at most `cap` bytes); False if the server has none."""
     dst = target / rel
     if dst.is_file():
         return True
@@ -355,7 +365,13 @@ def _download(base: str, rel: str, target: Path, required: bool) -> bool:
     tmp = dst.with_name(dst.name + ".part")
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as fh:
-            shutil.copyfileobj(resp, fh, 1 << 20)
+            if int(resp.headers.get("Content-Length") or 0) > cap:
+                raise CoswaraError(f"{url}: {int(resp.headers['Content-Length']) / MB:.0f} MB announced, over "
+                                   f"limits.extract_total_mb ({cap / MB:g} MB)")
+            while block := resp.read(1 << 20):
+                fh.write(block)
+                if fh.tell() > cap:
+                    raise CoswaraError(f"{url}: over limits.extract_total_mb ({cap / MB:g} MB); download stopped")
     except urllib.error.HTTPError as exc:
         tmp.unlink(missing_ok=True)
         if exc.code == 404 and not required:
@@ -363,6 +379,9 @@ def _download(base: str, rel: str, target: Path, required: bool) -> bool:
         if exc.code == 404:
             raise CoswaraError(f"{url}: not found (HTTP 404); check {KEY}.url and {KEY}.dates") from None
         raise _unreachable(url, f"HTTP {exc.code} {exc.reason}") from None
+    except CoswaraError:
+        tmp.unlink(missing_ok=True)
+        raise
     except (urllib.error.URLError, OSError) as exc:
         tmp.unlink(missing_ok=True)
         raise _unreachable(url, getattr(exc, "reason", exc)) from None

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import csv
 import logging
-from pathlib import Path
 
 import numpy as np
 from scipy import signal
 from tqdm import tqdm
 
 from .. import media
-from ..config import fraction, full_key, get, positive
 from ..errors import ParamsError
-from . import MANIFEST, VIDEO_COLUMNS, write_manifest
+from . import is_video
 
 log = logging.getLogger(__name__)
 
-COUGH, SPEECH = "cough-heavy", "counting-normal"
+WET, HOARSE = 0.35, 0.25  # the signs' share of the sound: faint, but there in every burst and syllable
 
 
 def _bandpass(x: np.ndarray, lo: float, hi: float, sr: int) -> np.ndarray:
@@ -46,7 +44,8 @@ def _lowpass(x: np.ndarray, cutoff: float, sr: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- covid
 
 def _cough(rng: np.random.Generator, seconds: float, sr: int, center: float, wet: bool) -> np.ndarray:
-    """Cough bursts every 0.4-0.9 s: band noise around `center`; a wet cough adds a low rumble."""
+    """Cough bursts every 0.4-0.9 s: band noise around `center`; a wet cough adds a faint low rumble
+    (at a third of the burst's level)."""
     n = int(seconds * sr)
     out = np.zeros(n)
     t = rng.uniform(0.05, 0.3)
@@ -57,8 +56,7 @@ def _cough(rng: np.random.Generator, seconds: float, sr: int, center: float, wet
         burst = _bandpass(rng.standard_normal(length), center * 0.6, center * 1.6, sr)
         if wet:
             rumble = _bandpass(rng.standard_normal(length), 250, 550, sr)
-            burst = 0.6 * burst / (burst.std() + 1e-9) + 1.0 * rumble / (rumble.std() + 1e-9)
-            env = np.exp(-np.arange(length) / (rng.uniform(0.12, 0.18) * sr))
+            burst = burst / (burst.std() + 1e-9) + WET * rumble / (rumble.std() + 1e-9)
         burst = env * burst / (np.abs(burst).max() + 1e-9)
         start = int(t * sr)
         stop = min(n, start + length)
@@ -68,14 +66,15 @@ def _cough(rng: np.random.Generator, seconds: float, sr: int, center: float, wet
 
 
 def _speech(rng: np.random.Generator, seconds: float, sr: int, f0: float, hoarse: bool) -> np.ndarray:
-    """Counting: voiced syllables (harmonics shaped by random formants); hoarse adds breath and jitter."""
+    """Counting: voiced syllables (harmonics shaped by random formants); a hoarse voice adds a little
+    breath noise and pitch jitter."""
     n = int(seconds * sr)
     out = np.zeros(n)
     t = rng.uniform(0.05, 0.2)
     while t < seconds - 0.3:
         dur = rng.uniform(0.25, 0.45)
         m = int(dur * sr)
-        jitter = 0.04 if hoarse else 0.005
+        jitter = 0.02 if hoarse else 0.005
         pitch = f0 * (1 + jitter * rng.standard_normal(m)).cumsum() / np.arange(1, m + 1)
         phase = 2 * np.pi * np.cumsum(pitch) / sr
         f1, f2 = rng.uniform(300, 800), rng.uniform(900, 2200)
@@ -87,7 +86,7 @@ def _speech(rng: np.random.Generator, seconds: float, sr: int, f0: float, hoarse
         voiced /= np.abs(voiced).max() + 1e-9
         if hoarse:
             breath = _bandpass(rng.standard_normal(m), 1500, 6000, sr)
-            voiced = 0.45 * voiced + 0.55 * breath / (np.abs(breath).max() + 1e-9)
+            voiced = (1 - HOARSE) * voiced + HOARSE * breath / (np.abs(breath).max() + 1e-9)
         env = np.sin(np.linspace(0, np.pi, m)) ** 0.5
         start = int(t * sr)
         stop = min(n, start + m)
@@ -96,90 +95,125 @@ def _speech(rng: np.random.Generator, seconds: float, sr: int, f0: float, hoarse
     return out
 
 
-def fetch_paired_audio(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
-    """Write demo participants in the Coswara layout plus the raw manifest."""
-    count = positive(cfg, "demo.participants", integer=True)
-    frac = fraction(cfg, "demo.positive_fraction")
-    rates = get(cfg, "demo.sample_rates")
-    for key in ("demo.cough_seconds", "demo.speech_seconds"):
-        lo, hi = get(cfg, key)
-        if not 0 < lo <= hi:
-            raise ParamsError(f"params.yaml: {full_key(cfg, key)} must be [min, max] with 0 < min <= max (got {[lo, hi]})")
-    lo_c, hi_c = get(cfg, "demo.cough_seconds")
-    lo_s, hi_s = get(cfg, "demo.speech_seconds")
-    negative_label, positive_label = case_info["classes"]
-    date = str(get(cfg, "demo.date"))
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(count, int)
-    labels[: int(round(count * frac))] = 1
+def _breathing(rng: np.random.Generator, seconds: float, sr: int, center: float, wheeze: bool) -> np.ndarray:
+    """Deep breaths: slow swells of band noise around `center`; a wheeze adds a faint whistle in each breath."""
+    n = int(seconds * sr)
+    out = np.zeros(n)
+    t = rng.uniform(0.1, 0.5)
+    while t < seconds - 0.5:
+        m = int(rng.uniform(1.2, 2.0) * sr)
+        env = np.sin(np.linspace(0, np.pi, m)) ** 2
+        breath = _bandpass(rng.standard_normal(m), center * 0.5, center * 2.0, sr)
+        breath /= np.abs(breath).max() + 1e-9
+        if wheeze:
+            f = rng.uniform(400, 900)
+            breath = 0.7 * breath + 0.3 * np.sin(2 * np.pi * f * np.arange(m) / sr + rng.uniform(0, 6.3))
+        start = int(t * sr)
+        stop = min(n, start + m)
+        out[start:stop] += (env * breath)[: stop - start]
+        t += m / sr + rng.uniform(0.3, 0.8)
+    return out
+
+
+# modality name -> (Coswara recording name, generator(rng, seconds, sr, trait, sign), trait range)
+RECORDINGS = {"cough": ("cough-heavy", _cough, (1200, 2800)),
+              "speech": ("counting-normal", _speech, (90, 240)),
+              "breathing": ("breathing-deep", _breathing, (300, 1200))}
+
+
+def _fetch_audio(opts, ctx) -> list[dict]:
+    """Demo participants in the Coswara layout (`<date>/<id>/<recording>.wav`, `<date>/<date>.csv`,
+    `combined_data.csv`): a positive participant shows the disease in one modality (80%, each equally
+    likely) or in all of them (20%); 5% of negative participants show each sign by chance."""
+    modalities = list(ctx.modalities)
+    unknown = [m for m in modalities if m not in RECORDINGS]
+    if unknown:
+        raise ParamsError(f"params.yaml: cases.{ctx.case}.modalities: the demo source makes no {unknown[0]!r} "
+                          f"recording (it makes {', '.join(RECORDINGS)})")
+    missing = [m for m in modalities if m not in opts.seconds]
+    if missing:
+        raise ParamsError(f"params.yaml: fetch.{ctx.case}.demo.seconds: no length range for {missing[0]!r}")
+    if len(ctx.classes) != 2:
+        raise ParamsError(f"params.yaml: cases.{ctx.case}.classes: the audio demo is binary (negative, positive)")
+    negative_label, positive_label = ctx.classes
+    rng = np.random.default_rng(ctx.seed)
+    labels = np.zeros(opts.participants, int)
+    labels[: int(round(opts.participants * opts.positive_fraction))] = 1
     rng.shuffle(labels)
-    day = out_dir / date
-    day.mkdir(parents=True)
+    date = opts.date
     rows, meta = [], []
-    for i in tqdm(range(count), desc="demo participants", unit="participant"):
-        pid = f"demo{seed:02d}P{i:04d}"
+    for i in tqdm(range(opts.participants), desc="demo participants", unit="participant"):
+        pid = f"demo{ctx.seed:02d}P{i:04d}"
         if labels[i]:
-            pattern = rng.choice(["cough", "speech", "both"], p=[0.4, 0.4, 0.2])
-            wet, hoarse = pattern in ("cough", "both"), pattern in ("speech", "both")
+            shows = set(modalities) if rng.random() < 0.2 else {modalities[rng.integers(len(modalities))]}
         else:
-            wet, hoarse = rng.random() < 0.05, rng.random() < 0.05
-        sr = int(rng.choice(rates))
+            shows = {m for m in modalities if rng.random() < 0.05}
+        sr = int(rng.choice(opts.sample_rates))
         gain = rng.uniform(0.3, 0.8)
-        cough = _cough(rng, rng.uniform(lo_c, hi_c), sr, rng.uniform(1200, 2800), wet)
-        speech = _speech(rng, rng.uniform(lo_s, hi_s), sr, rng.uniform(90, 240), hoarse)
-        folder = day / pid
-        folder.mkdir()
-        for name, audio in ((COUGH, cough), (SPEECH, speech)):
+        row = {"subject_id": pid, "label": positive_label if labels[i] else negative_label}
+        for m in modalities:
+            recording, make, (lo, hi) = RECORDINGS[m]
+            audio = make(rng, rng.uniform(*opts.seconds[m]), sr, rng.uniform(lo, hi), m in shows)
             audio = gain * audio / (np.abs(audio).max() + 1e-9)
             audio += rng.uniform(0.002, 0.01) * rng.standard_normal(audio.size)
-            media.write_wav(folder / f"{name}.wav", audio.astype(np.float32), sr)
-        status = "positive_mild" if labels[i] else "healthy"
-        meta.append({"id": pid, "covid_status": status, "record_date": date})
-        rows.append({"subject_id": pid, "label": positive_label if labels[i] else negative_label,
-                     case_info["modalities"][0]: f"{date}/{pid}/{COUGH}.wav",
-                     case_info["modalities"][1]: f"{date}/{pid}/{SPEECH}.wav"})
-    for path in (day / f"{date}.csv", out_dir / "combined_data.csv"):
-        with open(path, "w", newline="") as fh:
+            rel = f"{date}/{pid}/{recording}.wav"
+            ctx.out.mkdir(f"{date}/{pid}")
+            media.write_wav(ctx.out.path(rel), audio.astype(np.float32), sr)
+            row[m] = rel
+        rows.append(row)
+        meta.append({"id": pid, "covid_status": "positive_mild" if labels[i] else "healthy", "record_date": date})
+    for rel in (f"{date}/{date}.csv", "combined_data.csv"):
+        with open(ctx.out.path(rel), "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["id", "covid_status", "record_date"])
             writer.writeheader()
             writer.writerows(meta)
-    write_manifest(out_dir / MANIFEST, ["subject_id", "label", *case_info["modalities"]], rows)
-    log.info("wrote %d demo participants (%d positive) to %s", count, labels.sum(), out_dir)
+    log.info("wrote %d demo participants (%d positive)", opts.participants, labels.sum())
+    return rows
 
 
 # ----------------------------------------------------------------------------- battlefield
 
 def _scene(rng: np.random.Generator, visual: str, frames: int, size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of one visual class: 'helicopter', 'tank' or 'fire'."""
+    """(T, H, W, 3) uint8 frames of one visual class: 'helicopter', 'tank' or 'fire'.
+
+    Helicopter and tank share one hazy landscape (sky over ground, a random horizon and tint) and differ
+    only by a faint silhouette (a rotorcraft in the sky, a tracked vehicle on the ground) whose contrast
+    the haze keeps at 2-8% of full scale: a fine cue, which a 4-bit input quantizer (about 6% steps
+    here) blurs and an 8-bit one keeps. Fire (bomb and gun alike) is bright flashes in smoke."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     out = np.empty((frames, size, size, 3), np.float32)
     pos = rng.uniform(0.2, 0.8, 2)
     vel = rng.uniform(-0.03, 0.03, 2)
+    horizon = rng.uniform(0.45, 0.6)
     for f in range(frames):
         pos = np.clip(pos + vel + rng.normal(0, 0.01, 2), 0.15, 0.85)
-        if visual == "helicopter":
-            img = np.stack([0.45 + 0.2 * yy, 0.6 + 0.2 * yy, 0.9 + 0 * yy], -1)
-            cy, cx = 0.15 + 0.3 * pos[0], pos[1]
-            body = ((yy - cy) / 0.07) ** 2 + ((xx - cx) / 0.14) ** 2 < 1
-            rotor = (np.abs(yy - cy + 0.09) < 0.015) & (np.abs(xx - cx) < 0.25)
-            img[body | rotor] = (0.15, 0.15, 0.18)
-        elif visual == "tank":
-            ground = yy > 0.55
-            img = np.where(ground[..., None], (0.45, 0.38, 0.2), (0.7, 0.75, 0.8)).astype(np.float32)
-            cx = pos[1]
-            hull = (np.abs(yy - 0.68) < 0.08) & (np.abs(xx - cx) < 0.2)
-            turret = (np.abs(yy - 0.57) < 0.05) & (np.abs(xx - cx) < 0.09)
-            gun = (np.abs(yy - 0.56) < 0.015) & (xx > cx) & (xx < cx + 0.3)
-            img[hull | turret | gun] = (0.25, 0.32, 0.15)
+        if visual in ("helicopter", "tank"):
+            sky = np.array([0.55, 0.62, 0.72]) + rng.uniform(-0.05, 0.05, 3)
+            ground = np.array([0.47, 0.44, 0.36]) + rng.uniform(-0.05, 0.05, 3)
+            img = np.where((yy > horizon)[..., None], ground, sky).astype(np.float32)
+            silhouette = np.zeros((size, size), bool)
+            if visual == "helicopter":
+                cy, cx = 0.1 + (horizon - 0.25) * pos[0], pos[1]
+                silhouette |= ((yy - cy) / 0.07) ** 2 + ((xx - cx) / 0.14) ** 2 < 1
+                silhouette |= (np.abs(yy - cy + 0.09) < 0.015) & (np.abs(xx - cx) < 0.25)
+            else:
+                cy, cx = horizon + 0.12 + (0.9 - horizon - 0.12) * pos[0] * 0.5, pos[1]
+                silhouette |= (np.abs(yy - cy) < 0.07) & (np.abs(xx - cx) < 0.2)
+                silhouette |= (np.abs(yy - cy + 0.1) < 0.045) & (np.abs(xx - cx) < 0.09)
+                silhouette |= (np.abs(yy - cy + 0.11) < 0.015) & (xx > cx) & (xx < cx + 0.3)
+            contrast = rng.uniform(0.02, 0.08)
+            img[silhouette] -= contrast
+            img += rng.normal(0, 0.01, img.shape)
         else:  # fire: bomb and gun look alike
             img = np.stack([0.35 + 0.1 * xx, 0.33 + 0.1 * xx, 0.32 + 0.1 * xx], -1)
             for _ in range(rng.integers(1, 4)):
                 cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.2)
                 flash = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / r ** 2))[..., None]
                 img = img * (1 - flash) + flash * np.array([1.0, 0.65, 0.2])
-        # thick smoke hides the scene in 10% of the frames
-        smoke, tint = (rng.uniform(0.85, 0.95) if rng.random() < 0.1 else rng.uniform(0, 0.5)), rng.uniform(-0.08, 0.08, 3)
-        img = (1 - smoke) * img + smoke * 0.5 + tint + rng.normal(0, 0.04, img.shape)
+            smoke = rng.uniform(0, 0.5)
+            img = (1 - smoke) * img + smoke * 0.5 + rng.normal(0, 0.04, img.shape)
+        if rng.random() < 0.1:  # thick smoke hides the scene in 10% of the frames
+            img = 0.1 * img + 0.9 * (0.5 + rng.normal(0, 0.02, img.shape))
         out[f] = img
     return (np.clip(out, 0, 1) * 255).astype(np.uint8)
 
@@ -225,27 +259,27 @@ VISUAL = {"helicopter": "helicopter", "tank": "tank", "bomb": "fire", "gun": "fi
 SOUND = {"helicopter": "engine", "tank": "engine", "bomb": "boom", "gun": "gunfire"}
 
 
-def fetch_video(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
-    """Write demo mp4 videos (`videos/<label>/<id>.mp4`) plus the raw manifest."""
-    per_class = positive(cfg, "demo.videos_per_class", integer=True)
-    seconds = positive(cfg, "demo.seconds")
-    fps = positive(cfg, "demo.fps", integer=True)
-    size = positive(cfg, "demo.size", integer=True)
-    sr = positive(cfg, "demo.sample_rate", integer=True)
-    unknown = [c for c in case_info["classes"] if c not in VISUAL]
+def _fetch_video(opts, ctx) -> list[dict]:
+    """Demo mp4 videos (`videos/<label>/<id>.mp4`), every video modality reading the same file."""
+    unknown = [c for c in ctx.classes if c not in VISUAL]
     if unknown:
-        raise ParamsError(f"params.yaml: cases: the demo source has no video class {unknown[0]!r} "
-                          f"(it makes {', '.join(VISUAL)})")
-    rng = np.random.default_rng(seed)
+        raise ParamsError(f"params.yaml: cases.{ctx.case}.classes: the demo source has no video class "
+                          f"{unknown[0]!r} (it makes {', '.join(VISUAL)})")
+    rng = np.random.default_rng(ctx.seed)
     rows = []
-    jobs = [(label, k) for k in range(per_class) for label in case_info["classes"]]
+    jobs = [(label, k) for k in range(opts.videos_per_class) for label in ctx.classes]
     for label, k in tqdm(jobs, desc="demo videos", unit="video"):
         vid = f"demo-{label}-{k}"
-        frames = _scene(rng, VISUAL[label], int(seconds * fps), size)
-        audio = _soundtrack(rng, SOUND[label], seconds, sr)
-        path = Path("videos") / label / f"{vid}.mp4"
-        (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
-        media.write_video(out_dir / path, frames, fps, audio, sr)
-        rows.append({"video_id": vid, "label": label, "path": path.as_posix(), "start": "", "end": ""})
-    write_manifest(out_dir / MANIFEST, VIDEO_COLUMNS, rows)
-    log.info("wrote %d demo videos of %.0f s to %s", len(rows), seconds, out_dir)
+        frames = _scene(rng, VISUAL[label], int(opts.seconds * opts.fps), opts.size)
+        audio = _soundtrack(rng, SOUND[label], opts.seconds, opts.sample_rate)
+        rel = f"videos/{label}/{vid}.mp4"
+        ctx.out.mkdir(f"videos/{label}")
+        media.write_video(ctx.out.path(rel), frames, opts.fps, audio, opts.sample_rate)
+        rows.append({"subject_id": vid, "label": label, **{m: rel for m in ctx.modalities}})
+    log.info("wrote %d demo videos of %.0f s", len(rows), opts.seconds)
+    return rows
+
+
+def fetch(opts, ctx) -> list[dict]:
+    """The demo case: participants' recordings for an audio case, videos for a video case."""
+    return _fetch_video(opts, ctx) if is_video(ctx.info) else _fetch_audio(opts, ctx)

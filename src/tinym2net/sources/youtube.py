@@ -44,10 +44,10 @@ from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 from yt_dlp.utils import DownloadError, ExtractorError, download_range_func, make_archive_id
 
 from .. import media
-from ..config import get, positive
 from ..errors import DataError, ParamsError
+from ..ids import slug
 from ..io import write_json
-from . import MANIFEST, VIDEO_COLUMNS, cleared_on_error, place, read_csv, seconds_cell, write_manifest
+from . import read_csv, seconds_cell
 
 log = logging.getLogger(__name__)
 
@@ -83,63 +83,53 @@ class _Failed(Exception):
     """An entry that cannot succeed (its message says why)."""
 
 
-def fetch_video(cfg: dict, case_info: dict, out_dir: Path, seed: int) -> None:
-    """Download (or reuse from the cache) the listed videos into `out_dir/videos/<label>/` with the manifest."""
-    opts = _options(cfg, case_info["classes"])
-    path = Path(opts["manifest"]) if opts["manifest"] else PAPER_VIDEOS
-    entries = read_entries(path, case_info["classes"], opts["mad_labels"])
-    cache = _Cache(Path(opts["cache_dir"]))
+def fetch(opts, ctx) -> list[dict]:
+    """Download (or reuse from the cache) the listed videos into `ctx.out/videos/<label>/`; the manifest rows."""
+    unknown = [v for v in opts.mad_labels.values() if v not in ctx.classes]
+    if unknown:
+        raise ParamsError(f"params.yaml: {KEY}.mad_labels: {unknown[0]!r} is not a class ({', '.join(ctx.classes)})")
+    mad = {str(k): v for k, v in opts.mad_labels.items()}
+    path = Path(opts.manifest) if opts.manifest else PAPER_VIDEOS
+    entries = read_entries(path, ctx.classes, mad)
+    cache = _Cache(Path(opts.cache_dir))
     by_url: dict[str, list[Entry]] = {}
     for e in entries:
         by_url.setdefault(e.url, []).append(e)
     rows, videos, failures = [], [], []
-    with cleared_on_error(out_dir), _project_ffmpeg():
+    with _project_ffmpeg():
         for url, group in tqdm(by_url.items(), desc="youtube videos", unit="url"):
             for entry, result in _with_retries(url, group, cache, opts).items():
+                if not isinstance(result, str):
+                    try:
+                        ctx.check(cache.files / result["file"], "video")
+                    except DataError as exc:
+                        result = str(exc)
                 if isinstance(result, str):
                     failures.append({"url": entry.url, "label": entry.label, "where": entry.where, "error": result})
                     continue
-                name = _video_id(entry, result["id"])
-                rel = Path("videos") / entry.label / f"{name}{Path(result['file']).suffix}"
-                place(cache.files / result["file"], out_dir / rel)
+                rel = f"videos/{entry.label}/{slug(_video_id(entry, result['id']))}{Path(result['file']).suffix}"
+                ctx.out.copy(cache.files / result["file"], rel)
                 # segments of one YouTube video share its id and keep their time in it, so that
                 # the time-block split keeps neighbouring segments on one side
-                rows.append({"video_id": re.sub(r"[^A-Za-z0-9_-]", "_", result["id"]), "label": entry.label,
-                             "path": rel.as_posix(), "start": "" if entry.span == "-" else "0", "end": "",
+                rows.append({"subject_id": slug(result["id"]), "label": entry.label, **{m: rel for m in ctx.modalities},
+                             "start": "" if entry.span == "-" else "0", "end": "",
                              "offset": "" if entry.span == "-" else _fmt(entry.start or 0)})
                 videos.append({"url": entry.url, "label": entry.label, "span": entry.span, "id": result["id"],
                                "title": result["title"], "channel": result["channel"],
-                               "webpage_url": result["webpage_url"], "file": rel.as_posix(),
+                               "webpage_url": result["webpage_url"], "file": rel,
                                "sha256": result["sha256"], "bytes": result["bytes"]})
-        for f in failures:
-            log.warning("failed: %s (%s, %s): %s", f["url"], f["label"], f["where"], f["error"])
-        if not rows:
-            raise DataError(f"{path}: none of the {len(entries)} entries could be downloaded "
-                            f"(first failure: {failures[0]['url']}: {failures[0]['error']})")
-        write_manifest(out_dir / MANIFEST, VIDEO_COLUMNS, rows)
-        source = "tinym2net/sources/paper_videos.csv" if path == PAPER_VIDEOS else str(path)
-        write_json(out_dir / LOCK, {"manifest": source, "videos": videos, "failures": failures})
+    for f in failures:
+        log.warning("failed: %s (%s, %s): %s", f["url"], f["label"], f["where"], f["error"])
+    if not rows:
+        raise DataError(f"{path}: none of the {len(entries)} entries could be downloaded "
+                        f"(first failure: {failures[0]['url']}: {failures[0]['error']})")
+    source = "tinym2net/sources/paper_videos.csv" if path == PAPER_VIDEOS else str(path)
+    write_json(ctx.out.path(LOCK), {"manifest": source, "videos": videos, "failures": failures})
     counts = Counter(r["label"] for r in rows)
     log.info("youtube: %d of %d entries (%s); %d failed%s", len(rows), len(entries),
-             ", ".join(f"{counts[c]} {c}" for c in case_info["classes"]), len(failures),
+             ", ".join(f"{counts[c]} {c}" for c in ctx.classes), len(failures),
              " (listed above and in " + LOCK + ")" if failures else "")
-
-
-def _options(cfg: dict, classes: list[str]) -> dict:
-    """Validated `fetch.battlefield.youtube` options."""
-    params = {"fetch": {"battlefield": cfg}}
-    opts = {name: get(params, f"{KEY}.{name}") for name in ("manifest", "mad_labels", "cache_dir", "format")}
-    opts["retries"] = positive(params, f"{KEY}.retries", integer=True, allow_zero=True)
-    opts["backoff_seconds"] = positive(params, f"{KEY}.backoff_seconds", allow_zero=True)
-    opts["socket_timeout"] = positive(params, f"{KEY}.socket_timeout")
-    mad = opts["mad_labels"]
-    if not isinstance(mad, dict) or any(v is not None and v not in classes for v in mad.values()):
-        raise ParamsError(f"params.yaml: {KEY}.mad_labels must map MAD label numbers to classes "
-                          f"({', '.join(classes)}) or null (got {mad!r})")
-    opts["mad_labels"] = {str(k): v for k, v in mad.items() if v is not None}
-    if not opts["cache_dir"]:
-        raise ParamsError(f"params.yaml: {KEY}.cache_dir: set a folder outside data/raw for the downloads")
-    return opts
+    return rows
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -303,27 +293,27 @@ class _YtdlpLog:
 
 
 def _ydl_params(cache: _Cache, opts: dict) -> dict:
-    return {"format": opts["format"], "ffmpeg_location": media.ffmpeg_exe(), "force_keyframes_at_cuts": True,
+    return {"format": opts.format, "ffmpeg_location": media.ffmpeg_exe(), "force_keyframes_at_cuts": True,
             "paths": {"home": str(cache.files)}, "restrictfilenames": True, "noplaylist": True,
             "outtmpl": "%(extractor_key)s/%(id)s.%(section_start|0)s-%(section_end|end)s.%(ext)s",
-            "retries": opts["retries"], "fragment_retries": opts["retries"],
-            "socket_timeout": opts["socket_timeout"], "cachedir": str(cache.root / "yt-dlp"),
+            "retries": opts.retries, "fragment_retries": opts.retries,
+            "socket_timeout": opts.socket_timeout, "cachedir": str(cache.root / "yt-dlp"),
             "logger": _YtdlpLog(), "quiet": True, "noprogress": True}
 
 
 def _with_retries(url: str, group: list[Entry], cache: _Cache, opts: dict) -> dict[Entry, dict | str]:
     """`_fetch_url` retried with exponential backoff; every entry ends with its result or failure reason."""
-    for attempt in range(opts["retries"] + 1):
+    for attempt in range(opts.retries + 1):
         try:
             return _fetch_url(url, group, cache, opts)
         except _Failed as exc:
             return {e: str(exc) for e in group}
         except (DownloadError, ExtractorError, DataError, OSError) as exc:
             reason = re.sub(r"^ERROR: ", "", str(exc))
-            if PERMANENT.search(reason) or attempt == opts["retries"]:
+            if PERMANENT.search(reason) or attempt == opts.retries:
                 return {e: reason for e in group}
-            wait = opts["backoff_seconds"] * 2 ** attempt
-            log.warning("%s: %s; retry %d of %d in %g s", url, reason, attempt + 1, opts["retries"], wait)
+            wait = opts.backoff_seconds * 2 ** attempt
+            log.warning("%s: %s; retry %d of %d in %g s", url, reason, attempt + 1, opts.retries, wait)
             time.sleep(wait)
 
 
