@@ -21,12 +21,12 @@ import yaml
 from conftest import free_port, stop_process, venv_env
 from tinym2net import bench, pi_runner
 from tinym2net.errors import DataError, ParamsError
-from tinym2net.params import merge
+from tinym2net.params import merge, validate
 from tinym2net.export import export
 from tinym2net.model import build
 from tinym2net.quant import quantizable_layers, quantize_model
 
-CASE = "demo"
+CASE = "battlefield"  # a case of params.yaml (so that the params validate); its data here are this file's
 CFG = {"branches": {"a": {"padding": "same", "layers": [["conv", 4, 3], ["sepconv", 6, 3], ["maxpool", 2]], "dense": 8},
                     "b": {"padding": "valid", "layers": [["conv", 4, 3]], "dense": 6}},
        "head": [8], "dropout": 0.0}
@@ -51,25 +51,26 @@ def project(tmp_path_factory):
     for name, (m, b) in {"fp32": (model, None), "mp": (qmodel, bits)}.items():
         export(m, root / "models" / CASE / "artifacts" / f"{name}.tm2", case=CASE, variant=name, classes=CLASSES,
                input_shapes=SHAPES, bits=b)
-    (root / "data" / "features" / CASE).mkdir(parents=True)
-    split = np.array(["train"] * 16 + ["test"] * (n - 16))
-    np.savez(root / "data" / "features" / CASE / "features.npz", y=y.numpy(), split=split,
-             subject=np.array(["s"] * n), **{f"x_{m}": v.numpy() for m, v in x.items()},
+    features = root / "data" / "features" / CASE
+    features.mkdir(parents=True)
+    split = np.array([["train"] * 16 + ["test"] * (n - 16)])  # (partitions, N): one partition
+    np.savez(features / "features.npz", y=y.numpy(), split=split, subject=np.array(["s"] * n),
+             unit=np.array(["u"] * n), group=np.array(["g"] * n), **{f"x_{m}": v.numpy() for m, v in x.items()},
              **{f"idx_{m}": np.arange(n) for m in x})
+    identity = {"stat_shape": [1, 1, 1], "mean": [0.0], "std": [1.0]}  # inputs used as they are
+    (features / "stats.json").write_text(json.dumps({"partitions": [{m: identity for m in SHAPES}]}))
     with torch.no_grad():
         expected = (qmodel(x).argmax(1) == y).numpy()[16:].mean()
     return root, expected
 
 
 def stage_params(small_params, **benchmark) -> dict:
-    params = merge(small_params, {"cases": {CASE: {"kind": "video", "modalities": ["a", "b"], "classes": CLASSES}},
-                                  "benchmark": merge(FAST, benchmark)})
-    return params
+    return merge(small_params, {"benchmark": merge(FAST, benchmark)})
 
 
 def run_local(root, params):
     from pipelines.benchmark import benchmark
-    benchmark(params, CASE, root)
+    benchmark(validate(params), CASE, root)
     return json.loads((root / "metrics" / CASE / "benchmark.json").read_text())
 
 
