@@ -4,26 +4,32 @@ every exported artifact, here (`benchmark.runner: local`) or on a Raspberry Pi t
 import tempfile
 from pathlib import Path
 
-from tinym2net import bench, tracking
-from tinym2net.config import choice, section
+from tinym2net import bench, tm2, tracking
+from tinym2net.config import choice, get, section
 from tinym2net.errors import ModelFileError
 from tinym2net.io import ordered_stems, write_json
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features
 
 
-def artifact_names(root: Path, case: str) -> list[str]:
+def paths(root: Path, case: str) -> dict[str, Path]:
+    """Where this stage reads and writes (the one place its paths are built)."""
+    return {"artifacts": root / "models" / case / "artifacts", "export_json": root / "metrics" / case / "export.json",
+            "features": root / "data" / "features" / case / "features.npz",
+            "metrics": root / "metrics" / case / "benchmark.json"}
+
+
+def artifact_names(p: dict[str, Path]) -> list[str]:
     """The exported variants, in the export stage's order."""
-    folder = root / "models" / case / "artifacts"
-    found = ordered_stems(folder, ".tm2", root / "metrics" / case / "export.json")
+    found = ordered_stems(p["artifacts"], ".tm2", p["export_json"])
     if not found:
-        raise ModelFileError(f"{folder}: no .tm2 artifacts (run the export stage first)")
+        raise ModelFileError(f"{p['artifacts']}: no .tm2 artifacts (run the export stage first)")
     return found
 
 
-def write_testset(root: Path, case: str, modalities: list[str], path: Path) -> int:
+def write_testset(p: dict[str, Path], modalities: list[str], path: Path) -> int:
     """The test split's inputs and labels as one npz for the runtime; returns its sample count."""
-    data = Features(root / "data" / "features" / case / "features.npz", modalities)
+    data = Features(p["features"], modalities)
     test = data.rows("test")
     bench.save_testset(path, {m: x.numpy() for m, x in data.batch(test, modalities).items()}, data.y[test].numpy())
     return int(len(test))
@@ -32,23 +38,31 @@ def write_testset(root: Path, case: str, modalities: list[str], path: Path) -> i
 def benchmark(params: dict, case: str, root: Path = Path(".")) -> None:
     import mlflow
 
-    from tinym2net import pi_runner, runtime
+    from tinym2net import pi_runner
 
     cfg = section(params, "benchmark")
     runner = choice(cfg, "runner", ("local", "pi"))
     settings = bench.settings_from_params(cfg)
+    limits = tm2.Limits.from_dict(get(params, "export.tm2_limits"))
+    settings["tm2_limits"] = dict(vars(limits))
     if runner == "pi":
         pi_runner.api_url(section(params, "benchmark.pi"))  # fail before any work without a Prefect server
-    folder = root / "models" / case / "artifacts"
-    names = artifact_names(root, case)
-    modalities = list(runtime.read_artifact(folder / f"{names[0]}.tm2").header["inputs"])
+    p = paths(root, case)
+    folder = p["artifacts"]
+    names = artifact_names(p)
+    modalities = list(tm2.read(folder / f"{names[0]}.tm2", limits).header["inputs"])
     uri = tracking.tracking_uri(root)
-    results, flow_run = {}, None
+    results, flow_run, versus = {}, None, None
     with tracking.stage_run("benchmark", case, root) as parent, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({"runner": runner, **{k: v for k, v in settings.items() if k != "power"}})
         testset = Path(tmp) / "testset.npz"
-        n_test = write_testset(root, case, modalities, testset)
+        n_test = write_testset(p, modalities, testset)
         if runner == "local":
+            if "fp32" in names and len(names) > 1:  # int8 variants against the fp32 artifact, interleaved
+                versus = bench.run_isolated(folder / "fp32.tm2", testset, settings,
+                                            others={n: folder / f"{n}.tm2" for n in names if n != "fp32"})
+                log.info("benchmark %s (%s): batch-1 speed-up over fp32: %s", case, versus["runtime"],
+                         ", ".join(f"{n} {v['speedup_vs_fp32']:.2f}x" for n, v in versus["variants"].items()))
             for name in names:
                 with tracking.child_run(parent, name) as run:
                     mlflow.log_param("variant", name)
@@ -81,9 +95,10 @@ def benchmark(params: dict, case: str, root: Path = Path(".")) -> None:
                     client.set_terminated(v["run_id"], status)
             mlflow.set_tags({"prefect.flow_run_id": flow_run["id"], "prefect.flow_run_name": flow_run["name"]})
     host = next(iter(results.values()))["host"]
-    write_json(root / "metrics" / case / "benchmark.json",
-               {"runner": runner, "host": host, "test_samples": n_test, "settings": settings,
-                **({"flow_run": flow_run} if flow_run else {}),
+    write_json(p["metrics"],
+               {"runner": runner, "backend": settings["backend"], "host": host, "test_samples": n_test,
+                "settings": settings, **({"flow_run": flow_run} if flow_run else {}),
+                **({"versus_fp32": versus} if versus else {}),
                 "variants": {name: {k: v for k, v in r.items() if k not in ("host", "bits", "variant", "test_samples")}
                              for name, r in results.items()}})
     log.info("benchmark %s: %d variants on %s (%s); wrote metrics/%s/benchmark.json", case, len(results),
