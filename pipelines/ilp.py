@@ -9,6 +9,7 @@ from pathlib import Path
 from tinym2net import ilp
 from tinym2net.config import section
 from tinym2net.io import read_json, write_json
+from tinym2net.latency import read_table
 from tinym2net.stage import log, run_stage
 
 
@@ -21,19 +22,35 @@ def pins(layers: list[dict], bits: int | None) -> dict[str, int]:
     return {n: bits for n in [*sorted(firsts), names[-1]]}
 
 
-def allocate(params: dict, sens: dict, size_lambda=None) -> dict:
-    """Solve the ILP with params.yaml's `ilp` settings (optionally another size lambda)."""
+def allocate(params: dict, sens: dict, size_lambda=None, latency_table: dict | None = None) -> dict:
+    """Solve the ILP with params.yaml's `ilp` settings (optionally another size lambda); with a latency
+    limit, `latency_table` (the latency stage's) is budgeted too."""
     cfg = section(params, "ilp")
     size = {"size_limit": cfg.get("size_limit"), "size_lambda": cfg.get("size_lambda")}
     if size_lambda is not None:
         size = {"size_limit": None, "size_lambda": size_lambda}
+    budgets = []
+    if cfg.get("latency_limit") is not None or cfg.get("latency_lambda") is not None:
+        budgets.append(ilp.latency_budget(latency_table, [l["name"] for l in sens["layers"]], cfg["bit_choices"],
+                                          cfg.get("latency_limit"), cfg.get("latency_lambda")))
+    if not cfg.get("tie_depthwise", True):
+        sens = {**sens, "ties": []}
     return ilp.solve(sens, cfg["bit_choices"], **size, bops_limit=cfg.get("bops_limit"),
-                     bops_lambda=cfg.get("bops_lambda"), pins=pins(sens["layers"], cfg.get("pin_bits")))
+                     bops_lambda=cfg.get("bops_lambda"), pins=pins(sens["layers"], cfg.get("pin_bits")),
+                     budgets=budgets)
+
+
+def latency_table(params: dict, root: Path, case: str) -> dict | None:
+    """The latency stage's table when `ilp` has a latency limit (else None)."""
+    cfg = section(params, "ilp")
+    if cfg.get("latency_limit") is None and cfg.get("latency_lambda") is None:
+        return None
+    return read_table(root / "models" / case / "latency.json")
 
 
 def ilp_stage(params: dict, case: str, root: Path = Path(".")) -> None:
     sens = read_json(root / "models" / case / "sensitivity.json")
-    result = allocate(params, sens)
+    result = allocate(params, sens, latency_table=latency_table(params, root, case))
     out = root / "models" / case / "bits.json"
     write_json(out, result)
     log.info("ilp %s: %s; size %.1f KiB, %.3g BOPS; wrote %s", case,

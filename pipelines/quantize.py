@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 
-from pipelines.ilp import allocate
+from pipelines.ilp import allocate, latency_table
 from pipelines.sensitivity import train_batches
 from tinym2net import tracking
 from tinym2net.config import positive, section
 from tinym2net.io import atomic_dir, read_json, write_json
 from tinym2net.metrics import classification_metrics
+from tinym2net.bitpack import FLOAT_BITS
 from tinym2net.plots import bits_png, confusion_png
 from tinym2net.quant import packed_size_bytes, qat_finetune, quantize_model
 from tinym2net.stage import log, run_stage
@@ -26,14 +27,15 @@ def pareto(points: list[dict]) -> list[dict]:
     return sorted(front, key=lambda p: p["size_kib"])
 
 
-def variants(params: dict, sens: dict, mp_bits: dict) -> dict[str, tuple[dict | None, float | None]]:
+def variants(params: dict, sens: dict, mp_bits: dict, latency: dict | None = None) -> dict[str, tuple[dict | None, float | None]]:
     """Variant name -> (bits per layer or None for float, ILP size lambda or None)."""
     names = [l["name"] for l in sens["layers"]]
-    hi, lo = max(params["ilp"]["bit_choices"]), min(params["ilp"]["bit_choices"])
+    widths = [b for b in params["ilp"]["bit_choices"] if b != FLOAT_BITS]
+    hi, lo = max(widths), min(widths)
     out = {"fp32": (None, None), f"w{hi}a{hi}": ({n: hi for n in names}, 1.0 if hi == 8 else None),
            "mp": (mp_bits, params["ilp"].get("size_lambda")), f"w{lo}a{lo}": ({n: lo for n in names}, None)}
     for lam in params["quantize"]["sweep"]:
-        out[f"mp-lambda{lam:g}"] = (allocate(params, sens, size_lambda=lam)["bits"], lam)
+        out[f"mp-lambda{lam:g}"] = (allocate(params, sens, size_lambda=lam, latency_table=latency)["bits"], lam)
     return out
 
 
@@ -56,7 +58,7 @@ def quantize(params: dict, case: str, root: Path = Path(".")) -> None:
     fp32_size = packed_size_bytes(fp32, {})
     results, models, figures = {}, {}, {}
     with tracking.stage_run("quantize", case, root) as parent, tempfile.TemporaryDirectory() as tmp:
-        for name, (bits, lam) in variants(params, sens, mp["bits"]).items():
+        for name, (bits, lam) in variants(params, sens, mp["bits"], latency_table(params, root, case)).items():
             qmodel = fp32 if bits is None else quantize_model(fp32, bits, calib)
             if bits is not None and qat_epochs:
                 torch.manual_seed(params["seed"])

@@ -247,23 +247,27 @@ def run(artifact_path: Path, testset_path: Path, settings: dict) -> dict:
 
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, np.ndarray]:
-    """Seconds per call of each function, timed in interleaved rounds (each round times `per_round` calls of
-    every function in turn), so that a load change on a shared machine hits them all alike: (rounds,) each."""
+    """Each function's typical seconds per call, in interleaved rounds: every round times `per_round` single
+    calls of each function in turn, so that a load change on a shared machine hits them all alike, and keeps
+    their median (a call the scheduler preempted does not move it): (rounds,) per function."""
     for fn in calls.values():
         for _ in range(per_round):
             fn()
     times = {k: np.empty(rounds) for k in calls}
+    one = np.empty(per_round)
+    clock = time.perf_counter
     for r in range(rounds):
         for key, fn in calls.items():
-            start = time.perf_counter()
-            for _ in range(per_round):
+            for i in range(per_round):
+                start = clock()
                 fn()
-            times[key][r] = (time.perf_counter() - start) / per_round
+                one[i] = clock() - start
+            times[key][r] = np.median(one)
     return times
 
 
 def spread(seconds: np.ndarray) -> dict:
-    """Median and interquartile range of per-round times, in microseconds."""
+    """Median and interquartile range of per-round times (`interleaved`), in microseconds."""
     us = np.asarray(seconds) * 1e6
     return {"median_us": round(float(np.median(us)), 2), "q25_us": round(float(np.percentile(us, 25)), 2),
             "q75_us": round(float(np.percentile(us, 75)), 2), "rounds": int(len(us))}

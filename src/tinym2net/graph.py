@@ -57,7 +57,7 @@ def permute_columns(weight, chw: list[int]):
     return weight.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-def shapes(header: dict) -> dict[str, list[int]]:
+def shapes(header: dict, tensors: dict) -> dict[str, list[int]]:
     """Every tensor's per-sample shape: (C, H, W) up to the flattens, (features,) after them."""
     out = {m: list(s) for m, s in header["inputs"].items()}
     for n in header["nodes"]:
@@ -65,7 +65,7 @@ def shapes(header: dict) -> dict[str, list[int]]:
         op = n["op"]
         if op == "conv":
             pads = n["pads"]
-            out[n["output"]] = [header["tensors"][n["weight"]]["shape"][0]] + [
+            out[n["output"]] = [len(tensors[n["weight"]])] + [
                 (x[1 + i] + pads[i] + pads[i + 2] - n["dilation"][i] * (n["kernel"][i] - 1) - 1) // n["stride"][i] + 1
                 for i in range(2)]
         elif op == "maxpool":
@@ -74,7 +74,7 @@ def shapes(header: dict) -> dict[str, list[int]]:
         elif op == "flatten":
             out[n["output"]] = [int(x[0] * x[1] * x[2])]
         elif op == "linear":
-            out[n["output"]] = [header["tensors"][n["weight"]]["shape"][0]]
+            out[n["output"]] = [len(tensors[n["weight"]])]
         elif op == "concat":
             out[n["output"]] = [sum(out[i][0] for i in n["inputs"])]
         else:

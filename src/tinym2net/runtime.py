@@ -22,7 +22,8 @@ BACKENDS = ("litert", "onnx")
 DEFAULT_BACKEND = "litert"
 
 
-def _backend(name: str):
+def backend_module(name: str):
+    """The module of backend `name` (`Session`, `version`)."""
     if name == "litert":
         from .backends import litert
         return litert
@@ -62,7 +63,7 @@ class Model:
 def load(path: str | os.PathLike, threads: int | None = 1, backend: str = DEFAULT_BACKEND,
          limits: tm2.Limits = tm2.DEFAULT_LIMITS, **options) -> Model:
     """Open a `.tm2` artifact in `backend` (CPU, `threads` threads; None: all cores)."""
-    module = _backend(backend)
+    module = backend_module(backend)
     start = time.perf_counter()
     artifact = tm2.read(path, limits)
     try:
@@ -79,4 +80,4 @@ def load(path: str | os.PathLike, threads: int | None = 1, backend: str = DEFAUL
 
 def backend_version(backend: str) -> str:
     """The name and version of the library behind `backend`."""
-    return _backend(backend).version()
+    return backend_module(backend).version()

@@ -89,6 +89,11 @@ class _Writer:
         self.tensors.append(t)
         return len(self.tensors) - 1
 
+    def _map(self, name: str, index: int):
+        entry = self.fb.TensorMapT()
+        entry.name, entry.tensorIndex = name.encode(), index
+        return entry
+
     def op(self, code: str, inputs: list[int], outputs: list[int], options: str | None = None, version: int = 1,
            **fields) -> None:
         fb = self.fb
@@ -106,14 +111,20 @@ class _Writer:
             o.builtinOptionsType, o.builtinOptions = getattr(fb.BuiltinOptions, options), opts
         self.ops.append(o)
 
-    def finish(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
+    def finish(self, inputs: dict[str, int], outputs: dict[str, int], description: str) -> bytes:
+        """The packed model, with a `serving_default` signature naming the inputs and outputs."""
         import flatbuffers
 
         fb = self.fb
         sub = fb.SubGraphT()
-        sub.tensors, sub.operators, sub.inputs, sub.outputs, sub.name = self.tensors, self.ops, inputs, outputs, b"main"
+        sub.tensors, sub.operators, sub.name = self.tensors, self.ops, b"main"
+        sub.inputs, sub.outputs = list(inputs.values()), list(outputs.values())
+        signature = fb.SignatureDefT()
+        signature.signatureKey, signature.subgraphIndex = b"serving_default", 0
+        signature.inputs, signature.outputs = ([self._map(k, v) for k, v in d.items()] for d in (inputs, outputs))
         model = fb.ModelT()
         model.version, model.description, model.subgraphs, model.buffers = 3, description.encode(), [sub], self.buffers
+        model.signatureDefs = [signature]
         codes = [None] * len(self.codes)
         for (builtin, version), i in self.codes.items():
             c = fb.OperatorCodeT()
@@ -180,16 +191,16 @@ def build(artifact: Artifact) -> bytes:
         w.op("DEQUANTIZE", [idx], [out], version=2)
         return out, q.k
 
-    inputs = []
+    inputs = {}
     for m, shape in h["inputs"].items():
         q = points.get(m)
         if h.get("raw_inputs"):  # per-layer latency graphs: inputs fed as stored (NHWC, int8 if quantized)
             shape = [1, shape[1], shape[2], shape[0]] if len(shape) == 3 else [1, *shape]
-            inputs.append(new(m, shape, q))
-            vals[m] = (inputs[-1], q, shape)
+            inputs[m] = new(m, shape, q)
+            vals[m] = (inputs[m], q, shape)
             continue
         x = w.tensor(m, [1, *shape], "float32", batch=True)                               # (B, C, H, W)
-        inputs.append(x)
+        inputs[m] = x
         if len(shape) == 3:
             nhwc = [1, shape[1], shape[2], shape[0]]
             y = new(f"{m}/nhwc", nhwc, None)
@@ -262,7 +273,7 @@ def build(artifact: Artifact) -> bytes:
     final, k = (vals[h["output"]][0], 1.0) if h.get("output_act") else as_float(h["output"])
     if k != 1.0:
         raise ModelFileError(f"{artifact.path}: the output {h['output']} is a relabelled int8 tensor")
-    return w.finish(inputs, [final], f"tinym2net {h.get('case')}/{h.get('variant')}")
+    return w.finish(inputs, {"logits": final}, f"tinym2net {h.get('case')}/{h.get('variant')}")
 
 
 def _layer(w: _Writer, fb, act_fn, node: dict, out_name: str, relu: bool, vals, points, t, permuted, as_float, new,
