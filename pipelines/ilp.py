@@ -29,15 +29,14 @@ def allocate(params: dict, sens: dict, size_lambda=None, latency_table: dict | N
     size = {"size_limit": cfg.get("size_limit"), "size_lambda": cfg.get("size_lambda")}
     if size_lambda is not None:
         size = {"size_limit": None, "size_lambda": size_lambda}
-    budgets = []
-    if cfg.get("latency_limit") is not None or cfg.get("latency_lambda") is not None:
-        budgets.append(ilp.latency_budget(latency_table, [l["name"] for l in sens["layers"]], cfg["bit_choices"],
-                                          cfg.get("latency_limit"), cfg.get("latency_lambda")))
     if not cfg.get("tie_depthwise", True):
         sens = {**sens, "ties": []}
-    return ilp.solve(sens, cfg["bit_choices"], **size, bops_limit=cfg.get("bops_limit"),
-                     bops_lambda=cfg.get("bops_lambda"), pins=pins(sens["layers"], cfg.get("pin_bits")),
-                     budgets=budgets)
+    limits = {**size, "bops_limit": cfg.get("bops_limit"), "bops_lambda": cfg.get("bops_lambda"),
+              "pins": pins(sens["layers"], cfg.get("pin_bits"))}
+    if cfg.get("latency_limit") is not None or cfg.get("latency_lambda") is not None:
+        limits["budgets"] = ilp.latency_budgets(sens, cfg["bit_choices"], latency_table, cfg.get("latency_limit"),
+                                                cfg.get("latency_lambda"), **limits)
+    return ilp.solve(sens, cfg["bit_choices"], **limits)
 
 
 def latency_table(params: dict, root: Path, case: str) -> dict | None:

@@ -55,14 +55,17 @@ def test_table_has_every_layer_at_every_width(measured):
     assert all(c["measured"] > 0 and c["estimated"] > 0 for c in table["check"].values())
 
 
-def brute_force(sens, cost, constant, limit, size_cap):
-    """The best objective over every allocation within the latency and size limits (None if none fits)."""
+def brute_force(sens, cost, constant, limit, size_cap, producers=None):
+    """The best objective over every allocation within the latency and size limits (None if none fits); with
+    `producers`, only allocations where every float layer reads float layers."""
     layers = sens["layers"]
+    index = {l["name"]: i for i, l in enumerate(layers)}
     best = None
     for combo in itertools.product(CHOICES, repeat=len(layers)):
         lat = constant + sum(cost[l["name"]][b] for l, b in zip(layers, combo))
         size = sum(l["params"] * b / 8 for l, b in zip(layers, combo))
-        if lat <= limit + 1e-9 and size <= size_cap + 1e-9:
+        ordered = all(combo[index[c]] != 32 or combo[index[p]] == 32 for c, ps in (producers or {}).items() for p in ps)
+        if lat <= limit + 1e-9 and size <= size_cap + 1e-9 and ordered:
             obj = sum(l["omega"].get(str(b), 0.0) for l, b in zip(layers, combo))
             best = obj if best is None or obj < best else best
     return best
@@ -83,6 +86,26 @@ def test_latency_limit_binds_and_matches_brute_force(measured, seed):
     assert result["objective"] > free["objective"]
     best = brute_force(sens, budget.cost, budget.constant, budget.limit, result["size_limit"])
     assert result["objective"] == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float_layers_stay_in_front_of_int8_ones(measured, seed):
+    model, names, table = measured
+    sens = sensitivity(model, names, seed)
+    producers = table["producers"]
+    assert producers[names[0]] == [] and any(len(p) == 2 for p in producers.values())  # an input; the concat
+    budget = ilp.latency_budget(table, names, CHOICES, lam=0.3)
+    order = ilp.float_order_budgets(producers, names, CHOICES)
+    result = ilp.solve(sens, CHOICES, size_lambda=1.0, budgets=[budget, *order])
+    bits = result["bits"]
+    assert all(bits[p] == 32 for c, ps in producers.items() if bits[c] == 32 for p in ps)
+    best = brute_force(sens, budget.cost, budget.constant, budget.limit, result["size_limit"], producers)
+    assert result["objective"] == pytest.approx(best, rel=1e-9, abs=1e-12)
+    assert not any(name.startswith("float order") for name in result["budgets"])
+    # lambda 0 is the fastest allocation the size limit and the order allow: feasible, and it binds exactly
+    rows = ilp.latency_budgets(sens, CHOICES, table, lam=0.0, size_lambda=1.0)
+    fastest = ilp.solve(sens, CHOICES, size_lambda=1.0, budgets=rows)
+    assert fastest["budgets"]["latency"]["total"] == pytest.approx(rows[-1].limit, abs=1e-6)
 
 
 def test_float_width_has_no_error_and_lambdas_span_the_quantized_widths():

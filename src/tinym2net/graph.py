@@ -43,6 +43,26 @@ def quant_points(nodes: list[dict]) -> tuple[dict[str, dict], set[str]]:
     return points, ends
 
 
+def producers(nodes: list[dict]) -> dict[str, list[str]]:
+    """Layer name -> the layers whose outputs it reads (through relu/maxpool/flatten/concat); [] for a network input."""
+    producer = {n["output"]: n for n in nodes}
+    out = {}
+    for node in nodes:
+        if node["op"] not in LAYERS:
+            continue
+        found, stack = [], list(node["inputs"])
+        while stack:
+            prev = producer.get(stack.pop())
+            if prev is None:
+                continue
+            if prev["op"] in LAYERS:
+                found.append(prev["name"])
+            else:
+                stack.extend(prev["inputs"])
+        out[node["name"]] = sorted(set(found))
+    return out
+
+
 def nhwc_flattens(nodes: list[dict]) -> dict[str, list[int]]:
     """Flatten outputs read only by linear layers -> the (C, H, W) they flatten. Such a flatten may read its
     input channels-last, with the linear layers' weight columns permuted to match (`permute_columns`)."""

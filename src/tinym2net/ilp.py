@@ -164,9 +164,10 @@ def bops_budget(layers: list[dict], limit: float, lam: float | None = None) -> B
 
 
 def latency_budget(table: dict, names: list[str], bit_choices, limit: float | None = None,
-                   lam: float | None = None) -> Budget:
+                   lam: float | None = None, fastest: float | None = None) -> Budget:
     """Estimated batch-1 latency (the table's constant + its per-layer entries, microseconds); a lambda in [0, 1]
-    spans the fastest (sum of each layer's fastest width) to the slowest allocation."""
+    spans the fastest allocation (`fastest`, e.g. from `fastest_latency`; default: every layer at its fastest
+    width, which ties and pins may forbid) to the slowest one."""
     rows = table.get("layers", {})
     cost = {}
     for name in names:
@@ -177,11 +178,52 @@ def latency_budget(table: dict, names: list[str], bit_choices, limit: float | No
                             f"(measure the table with the ILP's bit choices)")
         cost[name] = {b: float(entry[str(b)]) for b in bit_choices}
     constant = float(table.get("constant", 0.0))
-    span = (constant + sum(min(c.values()) for c in cost.values()), constant + sum(max(c.values()) for c in cost.values()))
+    span = (constant + sum(min(c.values()) for c in cost.values()) if fastest is None else fastest,
+            constant + sum(max(c.values()) for c in cost.values()))
     cap = _limit("latency", "us", limit, lam, *span)
     if cap is None:
         raise ParamsError("a latency budget needs a latency limit (microseconds) or a latency lambda")
     return Budget("latency", "us", cost, cap, constant=constant, lam=lam, span=span)
+
+
+def fastest_latency(sens: dict, bit_choices, table: dict, **limits) -> float:
+    """The smallest estimated latency any allocation reaches under `limits` (solve's keywords: size, BOPS, pins,
+    further budgets): the same ILP with the latency table as its objective."""
+    rows = table.get("layers", {})
+    layers = []
+    for l in sens.get("layers") or []:
+        entry = rows.get(l.get("name")) if isinstance(l, dict) else None
+        if not isinstance(entry, dict) or any(str(b) not in entry for b in bit_choices):
+            raise DataError(f"latency table: no latency at every width in {list(bit_choices)} for layer "
+                            f"{l.get('name') if isinstance(l, dict) else l!r}")
+        layers.append({**l, "omega": {str(b): float(entry[str(b)]) for b in bit_choices}})
+    return float(table.get("constant", 0.0)) + solve({**sens, "layers": layers}, bit_choices, **limits)["objective"]
+
+
+def latency_budgets(sens: dict, bit_choices, table: dict, limit: float | None = None, lam: float | None = None,
+                    **limits) -> list[Budget]:
+    """The latency limit (its lambda spanning the fastest allocation `limits` allow to the slowest) and the float
+    order rows that keep the table's per-layer figures true."""
+    names = [l["name"] for l in sens["layers"]]
+    order = float_order_budgets(table.get("producers", {}), names, bit_choices)
+    fastest = fastest_latency(sens, bit_choices, table, **{**limits, "budgets": order + list(limits.get("budgets") or [])})
+    return order + [latency_budget(table, names, bit_choices, limit, lam, fastest)]
+
+
+def float_order_budgets(producers: dict[str, list[str]], names: list[str], bit_choices) -> list[Budget]:
+    """A float (32-bit) layer reads only float layers: for each edge producer -> consumer,
+    [consumer at 32] - [producer at 32] <= 0. (An int8 layer read by a float layer has no output quantizer
+    in the fake-quantized model, so the runtime must run it in float: its int8 latency would not hold.)"""
+    if FLOAT_BITS not in bit_choices:
+        return []
+    budgets = []
+    for consumer, sources in producers.items():
+        for producer in sources:
+            if consumer in names and producer in names:
+                cost = {consumer: {b: float(b == FLOAT_BITS) for b in bit_choices},
+                        producer: {b: -float(b == FLOAT_BITS) for b in bit_choices}}
+                budgets.append(Budget(f"float order {producer} -> {consumer}", "", cost, 0.0, step=1))
+    return budgets
 
 
 def _widths(layer: dict) -> list[int]:
@@ -352,7 +394,7 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
         "size_range": list(size_range),
         "bops_range": list(bops_range),
         "budgets": {b.name: {"limit": b.limit, "lambda": b.lam, "total": b.total(bits), "unit": b.unit}
-                    for b in rows if b.name not in ("size", "BOPS")},
+                    for b in rows if b.name not in ("size", "BOPS") and not b.name.startswith("float order")},
         "bit_choices": choices,
         "pins": pins,
         "status": status,
@@ -403,16 +445,15 @@ def main(argv=None) -> int:
         pins = dict(args.pin)
         if len(pins) != len(args.pin):
             raise ParamsError("a layer is pinned twice")
-        budgets = []
+        limits = {"size_limit": args.size_limit, "size_lambda": args.size_lambda, "bops_limit": args.bops_limit,
+                  "bops_lambda": args.bops_lambda, "pins": pins}
         if args.latency_limit is not None or args.latency_lambda is not None:
             if args.latency_table is None:
                 raise ParamsError("a latency limit needs --latency-table")
             from .latency import read_table
-            names = [l.get("name") for l in sens.get("layers") or [] if isinstance(l, dict)]
-            budgets.append(latency_budget(read_table(args.latency_table), names, args.bits,
-                                          args.latency_limit, args.latency_lambda))
-        result = solve(sens, args.bits, size_limit=args.size_limit, size_lambda=args.size_lambda,
-                       bops_limit=args.bops_limit, bops_lambda=args.bops_lambda, pins=pins, budgets=budgets)
+            limits["budgets"] = latency_budgets(sens, args.bits, read_table(args.latency_table), args.latency_limit,
+                                                args.latency_lambda, **limits)
+        result = solve(sens, args.bits, **limits)
         write_json(args.out, result)
     except TinyM2NetError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -10,7 +10,9 @@ float and, like inside a quantized network, writes int8 (its QUANTIZE counted). 
 `constant` is the whole network at the reference width (8) minus the sum of its layers there: the
 pooling, reshapes, concatenation and the host-side input preparation the per-layer graphs leave out.
 So `constant + sum_i table[i][b_i]` estimates an allocation's batch-1 latency; `check` compares that
-estimate with whole networks measured in the same run.
+estimate with whole networks measured in the same run. `producers` (layer -> the layers it reads) lets the
+ILP keep float layers in front of int8 ones (`ilp.float_order_budgets`): an int8 layer read by a float
+layer has no output quantizer, so it would run in float.
 
 Runs on the device too (numpy and the runtime only):
     python -m tinym2net.latency models/<case>/artifacts/fp32.tm2 --bits 4 8 32 --out latency.json
@@ -153,7 +155,7 @@ def measure(artifact: tm2.Artifact, bit_choices, *, backend: str = runtime.DEFAU
     result = {"unit": "us", "backend": backend, "backend_version": runtime.backend_version(backend),
               "threads": threads, "rounds": rounds, "calls": calls, "reference_bits": REFERENCE_BITS,
               "constant": round(constant, 3), "whole_reference": round(whole, 3),
-              "layers": table, "spread_iqr": {n: {str(b): round(spread[(n, _kernel(b))], 3) for b in choices} for n in names}}
+              "producers": graph.producers(artifact.header["nodes"]), "layers": table, "spread_iqr": {n: {str(b): round(spread[(n, _kernel(b))], 3) for b in choices} for n in names}}
     if check:
         result["check"] = {label: {"measured": round(us[("check", label)], 3),
                                    "estimated": round(constant + sum(table[n][str(b)] for n, b in bits.items()), 3)}
