@@ -197,9 +197,9 @@ def test_second_run_reuses_what_did_not_change(repo, server, deployments, worker
     flow_run = run_deployment(url, deployments["nightly"], {"targets": ["ilp@covid"], "rerun": ["ilp"]},
                               worker, timeout=240)
     logs = flow_logs(url, flow_run["id"])
-    for stage in ("fetch@covid", "slice@covid", "featurize@covid", "train@covid", "sensitivity@covid"):
+    for stage in ("fetch@covid", "slice@covid", "featurize@covid", "train@covid", "sensitivity@covid", "latency@covid"):
         assert f"{stage}: unchanged, DVC reused its outputs" in logs
-    assert "ilp@covid: DVC ran the stage" in logs and "done: 1 stages ran (ilp@covid), 5 reused" in logs
+    assert "ilp@covid: DVC ran the stage" in logs and "done: 1 stages ran (ilp@covid), 6 reused" in logs
     assert tagged_runs(repo, "tinym2net-covid", flow_run["id"]) == []  # no stage here logs to MLflow
 
 
