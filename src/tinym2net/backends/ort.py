@@ -105,7 +105,7 @@ def build(artifact: Artifact, nhwc_flatten: bool = True):
         if op in graph.LAYERS:
             out = _layer(b, node, ins[0], t, points.get(node["inputs"][0]), permuted.get(node["inputs"][0]))
         elif op == "relu":
-            out = b.op("Relu", ins, "relu")
+            out = b.op("Relu", ins, node["output"])
         elif op == "maxpool":
             out = b.op("MaxPool", ins, "pool", kernel_shape=node["kernel"], strides=node["stride"], pads=node["pads"])
         elif op == "flatten":
@@ -154,9 +154,9 @@ def _layer(b: _Builder, node: dict, x: str, t: dict[str, np.ndarray], q: dict | 
         bias_name = b.const("bias", bias.astype(np.float32)) if bias is not None else ""
     ins = [x, w] + ([bias_name] if bias_name else [])
     if node["op"] == "conv":
-        return b.op("Conv", ins, "conv", kernel_shape=node["kernel"], strides=node["stride"], pads=node["pads"],
+        return b.op("Conv", ins, node["name"], kernel_shape=node["kernel"], strides=node["stride"], pads=node["pads"],
                     dilations=node["dilation"], group=node["group"])
-    return b.op("Gemm", ins, "fc", transB=1)
+    return b.op("Gemm", ins, node["name"], transB=1)
 
 
 def session_options(threads: int | None = 1, optimization: str = "all"):
