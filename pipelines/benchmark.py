@@ -27,9 +27,9 @@ def artifact_names(p: dict[str, Path]) -> list[str]:
     return found
 
 
-def write_testset(p: dict[str, Path], modalities: list[str], path: Path) -> int:
+def write_testset(root: Path, case: str, modalities: list[str], path: Path) -> int:
     """The test split's inputs and labels as one npz for the runtime; returns its sample count."""
-    data = Features(p["features"], modalities)
+    data = Features(paths(root, case)["features"], modalities)
     test = data.rows("test")
     bench.save_testset(path, {m: x.numpy() for m, x in data.batch(test, modalities).items()}, data.y[test].numpy())
     return int(len(test))
@@ -56,7 +56,7 @@ def benchmark(params: dict, case: str, root: Path = Path(".")) -> None:
     with tracking.stage_run("benchmark", case, root) as parent, tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({"runner": runner, **{k: v for k, v in settings.items() if k != "power"}})
         testset = Path(tmp) / "testset.npz"
-        n_test = write_testset(p, modalities, testset)
+        n_test = write_testset(root, case, modalities, testset)
         if runner == "local":
             if "fp32" in names and len(names) > 1:  # int8 variants against the fp32 artifact, interleaved
                 versus = bench.run_isolated(folder / "fp32.tm2", testset, settings,
