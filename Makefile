@@ -31,6 +31,12 @@ chromium:
 clean-venv:
 	rm -rf $(VENV)
 
+# The runtime extra and the exported artifacts in an aarch64 Python under qemu-user (a Raspberry Pi 4's
+# Cortex-A72): predictions must equal this machine's (scripts/check_aarch64.py; downloads under .cache/aarch64).
+.PHONY: check-aarch64
+check-aarch64: setup
+	python scripts/check_aarch64.py
+
 # Local Prefect server + deployments (prefect.yaml) + process worker, and the MLflow UI on mlflow.db.
 # HOST=0.0.0.0 make ui listens on every interface, with logins (see scripts/ui.py); PREFECT_PORT /
 # MLFLOW_PORT change the ports. Ctrl-C or SIGTERM stops everything (exit 0).

@@ -14,10 +14,17 @@ from tinym2net.stage import log, run_stage
 OUTPUTS = ["models/{case}/bits.json"]
 
 
+def latency_table(params: Params, root: Path, case: str) -> dict | None:
+    """The latency stage's table when `ilp` has a latency limit (else None)."""
+    if not ilp.needs_latency(params.ilp):
+        return None
+    return ilp.read_table(Path(root) / "models" / case / "latency.json")
+
+
 def ilp_stage(params: Params, case: str, root: Path = Path(".")) -> None:
     outs = Outputs(root, [o.format(case=case) for o in OUTPUTS])
     sens = read_json(Path(root) / "models" / case / "sensitivity.json")
-    result = ilp.allocate(params.ilp, sens)
+    result = ilp.allocate(params.ilp, sens, latency_table=latency_table(params, root, case))
     outs.write_json(f"models/{case}/bits.json", result)
     log.info("ilp %s: %s; size %.1f KiB, %.3g BOPS; wrote models/%s/bits.json", case,
              ", ".join(f"{b} bits: {list(result['bits'].values()).count(b)} layers" for b in params.ilp.bit_choices),

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from tinym2net import ilp, tracking
+from tinym2net.bitpack import FLOAT_BITS
 from tinym2net.io import Outputs, file_md5, read_json
 from tinym2net.metrics import bootstrap
 from tinym2net.params import Params
@@ -30,32 +31,36 @@ def pareto(points: list[dict], size: str = "weights_kib", score: str = "accuracy
     return sorted(front, key=lambda p: p[size])
 
 
-def variants(params: Params, sens: dict, mp_bits: dict) -> dict[str, tuple[dict | None, float | None]]:
+def variants(params: Params, sens: dict, mp_bits: dict, latency: dict | None = None) -> dict[str, tuple[dict | None, float | None]]:
     """Variant name -> (bits per layer or None for float, ILP size lambda or None)."""
     names = [l["name"] for l in sens["layers"]]
-    hi, lo = max(params.ilp.bit_choices), min(params.ilp.bit_choices)
+    widths = [b for b in params.ilp.bit_choices if b != FLOAT_BITS]
+    hi, lo = max(widths), min(widths)
     out = {"fp32": (None, None), f"w{hi}a{hi}": ({n: hi for n in names}, 1.0 if hi == 8 else None),
            "mp": (mp_bits, params.ilp.size_lambda), f"w{lo}a{lo}": ({n: lo for n in names}, None)}
     for lam in params.quantize.sweep:
-        out[f"mp-lambda{lam:g}"] = (ilp.allocate(params.ilp, sens, size_lambda=lam)["bits"], lam)
+        out[f"mp-lambda{lam:g}"] = (ilp.allocate(params.ilp, sens, size_lambda=lam, latency_table=latency)["bits"], lam)
     return out
 
 
 def ablation(params: Params, sens: dict, mp: dict, seed: int) -> dict[str, dict]:
-    """Allocations at the MP variant's size budget: the ILP's, the reverse of the sensitivity order (the
+    """Allocations at the MP variant's size budget: the ILP's (size only, quantized widths), the reverse of
+    the sensitivity order (the
     same ILP with the layers' sensitivities mirrored by rank, so the least sensitive layers get the high
     widths), and `quantize.ablation.random` random ones (groups raised to a random higher width in random
     order while the budget holds), all under the same pins and ties."""
-    layers, choices = sens["layers"], sorted(params.ilp.bit_choices)
+    layers, choices = sens["layers"], sorted(b for b in params.ilp.bit_choices if b != FLOAT_BITS)
     pins = ilp.pins(layers, params.ilp.pin_bits)
     limit = mp["size_limit"]
     if limit is None:  # no size budget: nothing to compare at
-        return {"ilp": mp["bits"]}
+        return {}
     low = str(choices[0])
     rank = sorted(range(len(layers)), key=lambda i: layers[i]["omega"][low])        # least to most sensitive
     mirror = {rank[k]: rank[len(rank) - 1 - k] for k in range(len(rank))}
     reverse = {**sens, "layers": [{**l, "omega": layers[mirror[i]]["omega"]} for i, l in enumerate(layers)]}
-    out = {"ilp": mp["bits"], "reverse": ilp.solve(reverse, choices, size_limit=limit, pins=pins)["bits"]}
+    # the quantized widths only, and the size limit only: the ablation compares orderings at one size
+    out = {"ilp": ilp.solve(sens, choices, size_limit=limit, pins=pins)["bits"],
+           "reverse": ilp.solve(reverse, choices, size_limit=limit, pins=pins)["bits"]}
     names = [l["name"] for l in layers]
     groups = ilp.tie_groups(names, sens.get("ties", []))
     rng = np.random.default_rng(seed)
@@ -93,7 +98,8 @@ def quantize(params: Params, case: str, root: Path = Path(".")) -> None:
     y = data.y[test].numpy()
     macs = {l["name"]: l["macs"] for l in sens["layers"]}
     fp32_size = packed_size_bytes(fp32, {})
-    preds, sizes, models, allocations = {}, {}, {}, variants(params, sens, mp["bits"])
+    latency = ilp.read_table(Path(root) / "models" / case / "latency.json") if ilp.needs_latency(params.ilp) else None
+    preds, sizes, models, allocations = {}, {}, {}, variants(params, sens, mp["bits"], latency)
     for name, (bits, lam) in allocations.items():
         if bits is None:
             preds[f"{name}/ptq"] = preds[f"{name}/qat"] = predict(fp32, data, test, cfg.batch_size).argmax(1)
@@ -111,8 +117,7 @@ def quantize(params: Params, case: str, root: Path = Path(".")) -> None:
                  (preds[f"{name}/ptq"] == y).mean(), (preds[f"{name}/qat"] == y).mean(), sizes[name] / 1024)
     ablations = ablation(params, sens, mp, seed)
     for name, bits in ablations.items():
-        preds[f"ablation/{name}"] = (preds["mp/ptq"] if name == "ilp" else
-                                     predict(quantize_model(fp32, bits, calib), data, test, cfg.batch_size).argmax(1))
+        preds[f"ablation/{name}"] = predict(quantize_model(fp32, bits, calib), data, test, cfg.batch_size).argmax(1)
     figures = bootstrap(y, preds, data.unit[test], len(info.classes), resamples=params.evaluate.bootstrap,
                         confidence=params.evaluate.confidence, seed=seed, reference="fp32/ptq")
     results = {}

@@ -2,6 +2,7 @@
 refuses damaged files with one line; the export stage writes and checks every variant."""
 import ast
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from tinym2net import runtime
+from tinym2net import bitpack, runtime, tm2
+from tinym2net.backends import ort
 from tinym2net.errors import ModelFileError
 from tinym2net.export import export, load_variant
 from tinym2net.model import build
@@ -36,6 +38,13 @@ def synthetic(n: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]
 def mixed_bits(model) -> dict[str, int]:
     """A mixed allocation like the ILP's: first convolutions and output at 8 bits, the rest at 4."""
     return {n: 8 if n.endswith("conv1.conv") or n == "head.out" else 4 for n in quantizable_layers(model)}
+
+
+def float_mixed_bits(model) -> dict[str, int]:
+    """First convolutions and first depthwise convolutions float (32), the rest at 8 or 4: precision changes
+    inside each branch (float -> int8 between the depthwise and pointwise convolutions)."""
+    return {n: 32 if n.endswith("conv1.conv") or n.endswith("sepconv2.dw") else 8 if n == "head.out" else 4
+            for n in quantizable_layers(model)}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,7 @@ def variant_model(trained, variant):
     key = (id(model), variant)
     if key not in _VARIANTS:
         bits = {"fp32": None, "w8a8": dict.fromkeys(quantizable_layers(model), 8), "mp": mixed_bits(model),
-                "w4a4": dict.fromkeys(quantizable_layers(model), 4)}[variant]
+                "w4a4": dict.fromkeys(quantizable_layers(model), 4), "mp32": float_mixed_bits(model)}[variant]
         _VARIANTS[key] = (model if bits is None else quantize_model(model, bits, calib)), bits
     return _VARIANTS[key]
 
@@ -79,12 +88,13 @@ def write(model, bits, path: Path, variant="mp") -> int:
     return export(model, path, case=CASE, variant=variant, classes=CLASSES, input_shapes=SHAPES, bits=bits)
 
 
-@pytest.mark.parametrize("variant", ["fp32", "w8a8", "mp", "w4a4"])
-def test_exported_model_agrees_with_the_fake_quantized_model(trained, variant, tmp_path):
+@pytest.mark.parametrize("backend", runtime.BACKENDS)
+@pytest.mark.parametrize("variant", ["fp32", "w8a8", "mp", "w4a4", "mp32"])
+def test_exported_model_agrees_with_the_fake_quantized_model(trained, variant, backend, tmp_path):
     qmodel, bits = variant_model(trained, variant)
     x, _ = trained[3]
     write(qmodel, bits, tmp_path / f"{variant}.tm2", variant)
-    deployed = runtime.load(tmp_path / f"{variant}.tm2")
+    deployed = runtime.load(tmp_path / f"{variant}.tm2", backend=backend)
     with torch.no_grad():
         expected = qmodel(x).numpy()                                       # (N, 4) logits
     got = deployed.logits({m: v.numpy() for m, v in x.items()})
@@ -96,12 +106,51 @@ def test_exported_model_agrees_with_the_fake_quantized_model(trained, variant, t
     if tolerance:
         assert np.abs(got - expected).max() < tolerance * np.abs(expected).max()
     assert deployed.classes == CLASSES and deployed.modalities == qmodel.modalities
+    assert deployed.backend == backend
+
+
+@pytest.mark.parametrize("variant", ["w8a8", "w4a4", "mp32"])
+def test_the_two_runtimes_compute_the_same_integers(trained, variant, tmp_path):
+    """LiteRT (int8 tensors relabelled for exact b-bit clamps) and ONNX Runtime (uint8 QDQ with Clips) are built
+    independently from the same file; their logits differ only by the kernels' requantization rounding."""
+    qmodel, bits = variant_model(trained, variant)
+    x, _ = trained[3]
+    write(qmodel, bits, tmp_path / f"{variant}.tm2", variant)
+    feed = {m: v.numpy() for m, v in x.items()}
+    lite, onnx_ = (runtime.load(tmp_path / f"{variant}.tm2", backend=b).logits(feed) for b in ("litert", "onnx"))
+    assert (lite.argmax(1) == onnx_.argmax(1)).mean() >= 0.995
+    assert np.median(np.abs(lite - onnx_)) < 0.01 * np.abs(onnx_).max()
+
+
+def test_litert_graph_holds_the_exact_integers_and_b_bit_ranges(trained, tmp_path):
+    """4-bit weights are the fake quantizer's integers; a 4-bit unsigned activation is stored with zero point
+    127 - 15 = 112 (int8 saturation is its upper clamp), a 4-bit signed one with scale 1/7 (RELU_N1_TO_1 clamps it)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    qmodel, bits = variant_model(trained, "mp")
+    write(qmodel, bits, tmp_path / "mp.tm2")
+    session = runtime.load(tmp_path / "mp.tm2", backend="litert").session
+    details = {d["name"]: d for d in session.interpreter.get_tensor_details()}
+    interp = Interpreter(model_content=session.flatbuffer)  # without a delegate: constant tensors stay readable
+    interp.allocate_tensors()
+    name = "branches.image.dense.fc"
+    layer = dict(qmodel.named_modules())[name]
+    scale = weight_scale(layer.weight, 4)
+    reference = torch.clamp(torch.round(layer.weight.detach() / scale[:, None]), -7, 7).numpy()
+    stored = interp.get_tensor(details[f"{name}.weight"]["index"])
+    np.testing.assert_array_equal(np.sort(stored.ravel()), np.sort(reference.ravel()))  # columns permuted (NHWC)
+    zero_points = {d["quantization_parameters"]["zero_points"][0] for d in details.values()
+                   if d["dtype"] == np.int8 and d["quantization_parameters"]["zero_points"].size == 1}
+    assert 112 in zero_points  # unsigned 4-bit activations
+    scales = {round(float(d["quantization_parameters"]["scales"][0]), 6) for d in details.values()
+              if d["dtype"] == np.int8 and d["quantization_parameters"]["scales"].size == 1}
+    assert round(1 / 7, 6) in scales  # signed 4-bit activations (a pointwise input after a depthwise conv)
 
 
 def test_four_bit_weights_keep_exactly_the_fake_quantized_integers(trained, tmp_path):
     qmodel, bits = variant_model(trained, "mp")
     write(qmodel, bits, tmp_path / "mp.tm2")
-    artifact = runtime.read_artifact(tmp_path / "mp.tm2")
+    artifact = tm2.read(tmp_path / "mp.tm2")
     name = "branches.image.dense.fc"
     assert bits[name] == 4
     layer = dict(qmodel.named_modules())[name]
@@ -112,7 +161,7 @@ def test_four_bit_weights_keep_exactly_the_fake_quantized_integers(trained, tmp_
     entry = artifact.header["tensors"][f"{name}.weight"]
     assert entry["dtype"] == "int4" and entry["nbytes"] == stored.size // 2  # two weights per byte
     # the ONNX graph runs them on int8 kernels, holding exactly the 4-bit values
-    proto = runtime.build_onnx(artifact)
+    proto = ort.build(artifact)
     onnx.checker.check_model(proto)
     int8 = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8
             and numpy_helper.to_array(t).size == stored.size]
@@ -144,13 +193,13 @@ def test_bit_packing_round_trips(bits):
     rng = np.random.default_rng(bits)
     qmax = 2 ** (bits - 1) - 1
     values = rng.integers(-qmax, qmax + 1, 1001)  # odd count: the last byte is partial
-    packed = runtime.pack_bits(values, bits)
+    packed = bitpack.pack_bits(values, bits)
     assert len(packed) == (1001 * bits + 7) // 8
-    np.testing.assert_array_equal(runtime.unpack_bits(packed, bits, 1001), values)
+    np.testing.assert_array_equal(bitpack.unpack_bits(packed, bits, 1001), values)
 
 
 def test_four_bit_packing_is_two_per_byte_low_nibble_first():
-    assert runtime.pack_bits(np.array([1, -1, 7, -7]), 4) == bytes([0xF1, 0x97])
+    assert bitpack.pack_bits(np.array([1, -1, 7, -7]), 4) == bytes([0xF1, 0x97])
 
 
 @pytest.fixture
@@ -190,37 +239,48 @@ def test_other_files_are_refused(artifact_file, tmp_path):
     assert "not found" in one_line_error(tmp_path / "missing.tm2")
 
 
-def test_runtime_module_imports_only_the_device_stack(repo_root):
-    tree = ast.parse((repo_root / "src" / "tinym2net" / "runtime.py").read_text())
+DEVICE_MODULES = ["runtime.py", "tm2.py", "bitpack.py", "graph.py", "bench.py", "latency.py", "io.py", "errors.py",
+                  "backends/__init__.py", "backends/litert.py", "backends/ort.py"]
+
+
+@pytest.mark.parametrize("module", DEVICE_MODULES)
+def test_device_modules_import_only_the_device_stack(repo_root, module):
+    tree = ast.parse((repo_root / "src" / "tinym2net" / module).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
     relative = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 0}
-    assert imported <= {"numpy", "onnx", "onnxruntime", "json", "logging", "os", "struct", "time", "zlib",
-                        "dataclasses", "pathlib", "__future__"}, imported
-    assert relative <= {"errors"}
+    third_party = imported - set(sys.stdlib_module_names)
+    assert third_party <= {"numpy", "onnx", "onnxruntime", "ai_edge_litert", "flatbuffers"}, third_party
+    assert {r.split(".")[0] for r in relative if r} <= {m.split("/")[0].removesuffix(".py") for m in DEVICE_MODULES}, \
+        relative
 
 
 # --- the export stage ----------------------------------------------------------------------------
 
 def write_case(root: Path, trained, variants=("fp32", "w8a8", "mp")) -> None:
-    """A case as the earlier stages leave it: fused.pt, quantized/<variant>.pt, features.npz."""
+    """A case as the earlier stages leave it: partition 0's fused.pt, quantized/<variant>.pt, features.npz
+    (the inputs as they are, so statistics of mean 0 and std 1) with stats.json."""
     model, cfg, _, (x, y) = trained
-    (root / "models" / CASE / "fp32").mkdir(parents=True)
-    save_model(root / "models" / CASE / "fp32" / "fused.pt", model, model.modalities, SHAPES, len(CLASSES), cfg)
+    fused = root / "models" / CASE / "trained" / "p0" / "fused.pt"
+    fused.parent.mkdir(parents=True)
+    save_model(fused, model, model.modalities, SHAPES, len(CLASSES), cfg)
     (root / "models" / CASE / "quantized").mkdir(parents=True)
     for v in variants:
         qmodel, bits = variant_model(trained, v)
         torch.save({"bits": bits, "state_dict": qmodel.state_dict()}, root / "models" / CASE / "quantized" / f"{v}.pt")
-    (root / "data" / "features" / CASE).mkdir(parents=True)
+    features = root / "data" / "features" / CASE
+    features.mkdir(parents=True)
     n = len(y)
-    np.savez(root / "data" / "features" / CASE / "features.npz", y=y.numpy(), split=np.array(["test"] * n),
-             subject=np.array(["s"] * n), **{f"x_{m}": v.numpy() for m, v in x.items()},
+    np.savez(features / "features.npz", y=y.numpy(), split=np.array([["test"] * n]), subject=np.arange(n).astype(str),
+             unit=np.arange(n).astype(str), group=np.array([""] * n), **{f"x_{m}": v.numpy() for m, v in x.items()},
              **{f"idx_{m}": np.arange(n) for m in x})
+    (features / "stats.json").write_text(json.dumps({"partitions": [{m: {
+        "shape": list(v.shape[1:]), "stat_shape": [1, 1, 1], "mean": [0.0], "std": [1.0]} for m, v in x.items()}]}))
 
 
 def test_saved_variant_rebuilds_to_the_same_model(trained, tmp_path):
     write_case(tmp_path, trained, ("mp",))
-    rebuilt, bits = load_variant(tmp_path / "models" / CASE / "fp32" / "fused.pt",
+    rebuilt, bits = load_variant(tmp_path / "models" / CASE / "trained" / "p0" / "fused.pt",
                                  tmp_path / "models" / CASE / "quantized" / "mp.pt")
     qmodel, _ = variant_model(trained, "mp")
     x, _ = trained[3]
@@ -229,18 +289,19 @@ def test_saved_variant_rebuilds_to_the_same_model(trained, tmp_path):
     assert bits == mixed_bits(trained[0])
 
 
-def test_export_stage_writes_checked_artifacts_and_logs_them(trained, tmp_path, small_params):
+def test_export_stage_writes_checked_artifacts_and_logs_them(trained, tmp_path, small):
     import mlflow
 
     from pipelines.export import export as export_stage
 
     write_case(tmp_path, trained)
-    export_stage(small_params, CASE, tmp_path)
+    export_stage(small, CASE, tmp_path)
     result = json.loads((tmp_path / "metrics" / CASE / "export.json").read_text())
     assert list(result["variants"]) == ["fp32", "mp", "w8a8"]
     for name, r in result["variants"].items():
         path = tmp_path / "models" / CASE / "artifacts" / f"{name}.tm2"
-        assert r["size_bytes"] == path.stat().st_size and r["agreement"] >= 0.99
+        assert r["file_bytes"] == path.stat().st_size and r["agreement"] >= 0.99
+        assert r["deployed"]["accuracy"]["value"] == r["accuracy"]
         assert abs(r["overhead"]) < 0.05
     runs = mlflow.search_runs(experiment_names=[f"tinym2net-{CASE}"], output_format="list")
     parent = next(r for r in runs if r.info.run_name == f"{CASE}/export")

@@ -79,6 +79,10 @@ def test_local_runner_measures_every_artifact(project, small_params):
     result = run_local(root, stage_params(small_params, runner="local"))
     assert result["runner"] == "local" and list(result["variants"]) == ["fp32", "mp"]
     assert result["host"]["cpu"] and result["host"]["threads"] == 1 and result["host"]["cores"] >= 1
+    assert result["backend"] == "litert" and result["host"]["runtime"].startswith("ai-edge-litert")
+    versus = result["versus_fp32"]["variants"]  # batch-1 latency against fp32, interleaved in one process
+    assert set(versus) == {"fp32", "mp"} and versus["fp32"]["speedup_vs_fp32"] == 1.0
+    assert versus["mp"]["q25_us"] <= versus["mp"]["median_us"] <= versus["mp"]["q75_us"] and versus["mp"]["rounds"] == 5
     for name, r in result["variants"].items():
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and lat["runs"] == 20

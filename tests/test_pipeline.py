@@ -28,7 +28,8 @@ def repo(tmp_path_factory, repo_root, small_params):
     return path, env, first
 
 
-STAGES = ["fetch", "slice", "featurize", "evaluate", "sensitivity", "ilp", "quantize", "export", "benchmark"]
+STAGES = ["fetch", "slice", "featurize", "evaluate", "sensitivity", "latency", "ilp", "quantize", "export",
+          "benchmark"]
 CASES = ("covid", "battlefield")
 
 
@@ -136,11 +137,13 @@ def test_quantized_variants_and_report(repo):
     path, env, _ = repo
     for case in CASES:
         sens = json.loads((path / "models" / case / "sensitivity.json").read_text())
-        assert sens["ties"] and all(set(l["omega"]) == {"4", "8"} for l in sens["layers"])
+        assert sens["ties"] and all(set(l["omega"]) == {"4", "8", "32"} and l["omega"]["32"] == 0 for l in sens["layers"])
         assert isinstance(sens["converged"], bool) and all(l["trace_stderr"] >= 0 for l in sens["layers"])
         bits = json.loads((path / "models" / case / "bits.json").read_text())
-        assert bits["size_bytes"] <= bits["size_limit"] and set(bits["bits"].values()) <= {4, 8}
+        assert bits["size_bytes"] <= bits["size_limit"] and set(bits["bits"].values()) <= {4, 8, 32}
         assert "solve_time_s" not in bits
+        latency = bits["budgets"]["latency"]  # the latency stage's table, budgeted
+        assert latency["total"] <= latency["limit"] and latency["unit"] == "us"
         result = json.loads((path / "metrics" / case / "quantize.json").read_text())
         v = result["variants"]
         assert {"fp32", "w8a8", "mp", "w4a4"} <= set(v)
@@ -163,7 +166,7 @@ def test_quantized_variants_and_report(repo):
     children = {r.info.run_name.rsplit("/", 1)[1]: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert {"fp32", "w8a8", "mp", "w4a4"} <= set(children)
-    assert children["mp"].data.params["bits.head.out"] == "8" and "weights_kib" in children["mp"].data.metrics
+    assert children["mp"].data.params["bits.head.out"] in ("8", "32") and "weights_kib" in children["mp"].data.metrics
     assert not any(k.startswith("bits.") for k in children["fp32"].data.params)
 
 
@@ -183,7 +186,7 @@ def test_second_repro_reruns_nothing_and_a_param_reruns_only_its_stage_onwards(r
     params["train"]["covid"]["lr"] = 0.002
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], path, env)
-    after_train = {f"{s}@covid" for s in ("evaluate", "sensitivity", "ilp", "quantize", "export", "benchmark")}
+    after_train = {f"{s}@covid" for s in ("evaluate", "sensitivity", "latency", "ilp", "quantize", "export", "benchmark")}
     after_train |= {"train@covid-0", "train@covid-1"}
     ran = ran_stages(changed)
     assert {"train@covid-0", "train@covid-1", "evaluate@covid"} <= ran <= after_train | {"report"}

@@ -198,6 +198,19 @@ def test_layers_not_in_bits_stay_float(trained):
     assert set(kinds.values()) == {nn.Conv2d, nn.Linear}
 
 
+def test_width_32_leaves_a_layer_float(trained):
+    model, data = trained
+    names = list(quantizable_layers(model))
+    bits = {n: 32 if i % 2 else 8 for i, n in enumerate(names)}
+    q = quantize_model(model, bits, data)
+    layers = quantizable_layers(q)
+    assert all(isinstance(layers[n], (QConv2d, QLinear)) == (b == 8) for n, b in bits.items())
+    w = layers[names[1]].weight
+    assert torch.equal(fake_quant_weight(w, 32), w)  # no quantization error: Omega at 32 bits is 0
+    # a 32-bit layer counts as float in the deployed size, exactly as a layer left out of `bits`
+    assert packed_size_bytes(model, bits) == packed_size_bytes(model, {n: b for n, b in bits.items() if b != 32})
+
+
 def test_ste_gradient_reaches_float_weights():
     torch.manual_seed(0)
     layer = QLinear.from_float(nn.Linear(6, 3), bits=4)
@@ -257,7 +270,7 @@ def test_errors_name_the_problem(trained):
     model, data = trained
     with pytest.raises(ParamsError, match="'head.nope', which is not a Conv2d/Linear layer"):
         quantize_model(model, {"head.nope": 8}, data)
-    with pytest.raises(ParamsError, match="head.out: bit width must be an integer in \\[2, 16\\] \\(got 1\\)"):
+    with pytest.raises(ParamsError, match="head.out: bit width must be an integer in \\[2, 16\\] or 32 \\(float\\) \\(got 1\\)"):
         quantize_model(model, {"head.out": 1}, data)
     with pytest.raises(DataError, match="no calibration batches"):
         quantize_model(model, {"head.out": 8}, [])

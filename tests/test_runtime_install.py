@@ -1,5 +1,6 @@
 """`pip install tinym2net[runtime]` alone loads, runs and benchmarks an artifact: a clean venv holding the
-project's wheel and nothing but numpy, onnx and onnxruntime (no torch, dvc, mlflow, prefect, librosa)."""
+project's wheel and nothing but numpy and LiteRT (ai-edge-litert, flatbuffers and their small dependencies;
+no torch, dvc, mlflow, prefect, librosa, nor ONNX Runtime)."""
 import json
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from tinym2net.export import export
 from tinym2net.model import build
 from tinym2net.quant import quantize_model
 
-RUNTIME_PINS = ["numpy==2.4.6", "onnx==1.23.2", "onnxruntime==1.31.1"]  # pyproject.toml: base + `runtime` extra
+RUNTIME_PINS = ["numpy==2.4.6", "ai-edge-litert==2.3.0", "flatbuffers==25.12.19"]  # pyproject.toml: base + `runtime`
 CFG = {"branches": {"a": {"padding": "same", "layers": [["conv", 4, 3], ["sepconv", 6, 3], ["maxpool", 2]], "dense": 8},
                     "b": {"padding": "valid", "layers": [["conv", 4, 3]], "dense": 6}},
        "head": [8], "dropout": 0.0}
@@ -68,7 +69,7 @@ def artifact(tmp_path_factory):
     model = build(CFG, SHAPES, 3).eval()
     g = torch.Generator().manual_seed(1)
     calib = [({m: torch.randn(32, *s, generator=g) for m, s in SHAPES.items()}, torch.zeros(32)) for _ in range(3)]
-    bits = {"branches.a.features.conv1.conv": 8, "branches.a.features.sepconv2.dw": 4,
+    bits = {"branches.a.features.conv1.conv": 32, "branches.a.features.sepconv2.dw": 4,
             "branches.a.features.sepconv2.pw": 4, "branches.a.dense.fc": 4, "branches.b.features.conv1.conv": 8,
             "branches.b.dense.fc": 8, "head.fc1": 4, "head.out": 8}
     qmodel = quantize_model(model, bits, calib)
@@ -89,7 +90,7 @@ SCRIPT = textwrap.dedent("""
     with np.load(sys.argv[2]) as z:
         pred = model.predict({m: z[f"x_{m}"] for m in model.modalities})
     importable = []
-    for name in ("torch", "dvc", "mlflow", "prefect", "librosa"):
+    for name in ("torch", "dvc", "mlflow", "prefect", "librosa", "onnxruntime"):
         try:
             importlib.import_module(name)
             importable.append(name)
@@ -110,11 +111,13 @@ def test_runtime_extra_alone_loads_and_predicts(runtime_venv, artifact, tmp_path
     path, test, expected = artifact
     (tmp_path / "predict.py").write_text(SCRIPT)
     answer = json.loads(run_in(runtime_venv, ["predict.py", str(path), str(test)], tmp_path))
-    assert answer["importable"] == []  # torch, dvc, mlflow, prefect, librosa: none installed
+    assert answer["importable"] == []  # torch, dvc, mlflow, prefect, librosa, onnxruntime: none installed
     assert not {"torch", "scipy", "sklearn", "yaml"} & {m.split(".")[0] for m in answer["modules"]}
     assert (np.array(answer["pred"]) == expected).mean() >= 0.99
-    with np.load(test) as z:  # the same predictions as the full environment's runtime
-        np.testing.assert_array_equal(answer["pred"], runtime.load(path).predict({m: z[f"x_{m}"] for m in SHAPES}))
+    with np.load(test) as z:  # the same predictions as the full environment's runtimes, LiteRT and ONNX Runtime
+        for backend in runtime.BACKENDS:
+            np.testing.assert_array_equal(answer["pred"], runtime.load(path, backend=backend).predict(
+                {m: z[f"x_{m}"] for m in SHAPES}))
 
 
 def test_runtime_extra_alone_runs_the_benchmark(runtime_venv, artifact, tmp_path):

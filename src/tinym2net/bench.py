@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import runtime
+from . import runtime, tm2
 from .errors import DataError, ModelFileError, ParamsError, TinyM2NetError
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def host_info(threads: int | None) -> dict:
+def host_info(threads: int | None, backend: str = runtime.DEFAULT_BACKEND) -> dict:
     """Where the figures were measured: CPU, architecture, cores, threads used, software versions."""
-    import onnxruntime
-
     cores = os.cpu_count() or 1
     return {"cpu": cpu_model(), "architecture": platform.machine(), "cores": cores,
             "threads": cores if threads is None else threads, "system": f"{platform.system()} {platform.release()}",
-            "hostname": platform.node(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__}
+            "hostname": platform.node(), "python": platform.python_version(), "backend": backend,
+            "runtime": runtime.backend_version(backend), "numpy": np.__version__}
 
 
 def rss_bytes() -> tuple[int, int]:
@@ -199,6 +197,9 @@ def settings_from_params(cfg: dict) -> dict:
     threads = cfg.get("threads")
     if threads is not None:
         threads = count("threads")
+    backend = cfg.get("backend", runtime.DEFAULT_BACKEND)
+    if backend not in runtime.BACKENDS:
+        raise ParamsError(f"params.yaml: benchmark.backend: unknown value {backend!r} (choose from {', '.join(runtime.BACKENDS)})")
     power = cfg.get("power") or {}
     command = cfg.get("power_command")
     if command is not None and (not isinstance(command, str) or not command.strip()):
@@ -207,18 +208,20 @@ def settings_from_params(cfg: dict) -> dict:
         v = power.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ParamsError(f"params.yaml: benchmark.power.{key} must be a number > 0 (got {v!r})")
-    return {"threads": threads, "warmup": count("warmup", True), "runs": count("runs"),
+    return {"threads": threads, "backend": backend, "warmup": count("warmup", True), "runs": count("runs"),
+            "compare_rounds": count("compare_rounds"), "compare_calls": count("compare_calls"),
             "throughput_batch": count("throughput_batch"), "throughput_runs": count("throughput_runs"),
             "power_command": command, "power": {k: float(power[k]) for k in ("idle_seconds", "seconds", "interval_seconds")}}
 
 
 def run(artifact_path: Path, testset_path: Path, settings: dict) -> dict:
     """Every measurement of one artifact, in this process."""
-    import onnx, onnxruntime  # noqa: F401  (loaded first: `model_rss_mib` is the model's own memory)
-
+    backend = settings.get("backend", runtime.DEFAULT_BACKEND)
+    runtime.backend_version(backend)  # the runtime library loaded first: `model_rss_mib` is the model's own memory
     inputs, y = load_testset(testset_path)
     base_rss, _ = rss_bytes()
-    model = runtime.load(artifact_path, threads=settings["threads"])
+    model = runtime.load(artifact_path, threads=settings["threads"], backend=backend,
+                         limits=tm2.Limits.from_dict(settings.get("tm2_limits")))
     loaded_rss, _ = rss_bytes()
     missing = [m for m in model.modalities if m not in inputs]
     if missing:
@@ -240,12 +243,60 @@ def run(artifact_path: Path, testset_path: Path, settings: dict) -> dict:
             "throughput_sps": round(tput, 1), "throughput_batch": settings["throughput_batch"],
             "peak_rss_mib": round(peak / 2 ** 20, 2), "model_rss_mib": round((loaded_rss - base_rss) / 2 ** 20, 2),
             "accuracy": round(acc, 4), "test_samples": int(len(y)), "power": power,
-            "host": host_info(settings["threads"])}
+            "backend": backend, "host": host_info(settings["threads"], backend)}
 
 
-def run_isolated(artifact_path: Path, testset_path: Path, settings: dict, timeout: float = 1800) -> dict:
-    """`run` in a fresh interpreter (its own peak memory); its errors are raised here, as one line."""
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, np.ndarray]:
+    """Each function's typical seconds per call, in interleaved rounds: every round times `per_round` single
+    calls of each function in turn, so that a load change on a shared machine hits them all alike, and keeps
+    their median (a call the scheduler preempted does not move it): (rounds,) per function."""
+    for fn in calls.values():
+        for _ in range(per_round):
+            fn()
+    times = {k: np.empty(rounds) for k in calls}
+    one = np.empty(per_round)
+    clock = time.perf_counter
+    for r in range(rounds):
+        for key, fn in calls.items():
+            for i in range(per_round):
+                start = clock()
+                fn()
+                one[i] = clock() - start
+            times[key][r] = np.median(one)
+    return times
+
+
+def spread(seconds: np.ndarray) -> dict:
+    """Median and interquartile range of per-round times (`interleaved`), in microseconds."""
+    us = np.asarray(seconds) * 1e6
+    return {"median_us": round(float(np.median(us)), 2), "q25_us": round(float(np.percentile(us, 25)), 2),
+            "q75_us": round(float(np.percentile(us, 75)), 2), "rounds": int(len(us))}
+
+
+def compare(artifacts: dict[str, Path], testset_path: Path, settings: dict, reference: str = "fp32") -> dict:
+    """Batch-1 latency of every artifact in this one process, interleaved, and each one's speed-up over `reference`."""
+    backend = settings.get("backend", runtime.DEFAULT_BACKEND)
+    inputs, _ = load_testset(testset_path)
+    one = {m: x[:1] for m, x in inputs.items()}
+    models = {name: runtime.load(path, threads=settings["threads"], backend=backend,
+                                 limits=tm2.Limits.from_dict(settings.get("tm2_limits")))
+              for name, path in artifacts.items()}
+    times = interleaved({name: (lambda m: lambda: m.logits(one))(m) for name, m in models.items()},
+                        settings.get("compare_rounds", 30), settings.get("compare_calls", 20))
+    out = {name: spread(t) for name, t in times.items()}
+    if reference in times:
+        for name, t in times.items():
+            out[name]["speedup_vs_" + reference] = round(float(np.median(times[reference]) / np.median(t)), 3)
+    return {"backend": backend, "runtime": runtime.backend_version(backend), "variants": out}
+
+
+def run_isolated(artifact_path: Path, testset_path: Path, settings: dict, timeout: float = 1800,
+                 others: dict[str, Path] | None = None) -> dict:
+    """`run` in a fresh interpreter (its own peak memory); its errors are raised here, as one line.
+    With `others` (name -> artifact), `compare` of `artifact_path` (as "fp32") and them instead."""
     cmd = [sys.executable, "-m", "tinym2net.bench", str(artifact_path), str(testset_path), json.dumps(settings)]
+    if others:
+        cmd += ["--compare", json.dumps({k: str(v) for k, v in others.items()})]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -267,10 +318,16 @@ def main(argv=None) -> None:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("testset", type=Path, help="npz with x_<modality> and y")
     parser.add_argument("settings", help="JSON of the measurement settings (see settings_from_params)")
+    parser.add_argument("--compare", help="JSON {name: artifact}: batch-1 latency of these against ARTIFACT (fp32), "
+                                          "interleaved in this process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        result = run(args.artifact, args.testset, json.loads(args.settings))
+        if args.compare:
+            others = {k: Path(v) for k, v in json.loads(args.compare).items()}
+            result = compare({"fp32": args.artifact, **others}, args.testset, json.loads(args.settings))
+        else:
+            result = run(args.artifact, args.testset, json.loads(args.settings))
     except TinyM2NetError as exc:
         json.dump({"error": str(exc), "type": type(exc).__name__}, sys.stdout)
         raise SystemExit(1) from None

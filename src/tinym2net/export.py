@@ -1,4 +1,4 @@
-"""Export a (fake-quantized) TinyM2Net as a deployable `.tm2` artifact for `runtime.py`.
+"""Export a (fake-quantized) TinyM2Net as a deployable `.tm2` artifact (`tm2.py`) for `runtime.py`.
 
 The network is walked in forward order (each branch's layers, flatten, its dense layer; the concat;
 the head) into the artifact's node list. A quantized layer's weights are stored as the exact integers
@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import runtime
+from . import tm2
+from .bitpack import FLOAT_BITS, packed_nbytes
 from .errors import ModelFileError
 from .model import TinyM2Net
-from .quant import ActQuant, QConv2d, QLinear, fold_batchnorm, quantizable_layers, weight_scale
+from .quant import ActQuant, QConv2d, QLinear, fake_quant_weight, fold_batchnorm, quantizable_layers, weight_scale
 from .training import load_model
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,11 @@ log = logging.getLogger(__name__)
 
 def rebuild_quantized(fp32: TinyM2Net, bits: dict[str, int] | None, state_dict: dict) -> TinyM2Net:
     """The model saved by the quantize stage: `fp32`'s architecture, BN folded, layers in `bits`
-    fake-quantized, with the saved weights and frozen activation quantizers."""
+    fake-quantized (except those at FLOAT_BITS), with the saved weights and frozen activation quantizers."""
     model = fold_batchnorm(_copy(fp32)).eval() if bits else _copy(fp32).eval()
     if bits:
         for name, layer in quantizable_layers(model).items():
-            if name in bits:
+            if bits.get(name, FLOAT_BITS) != FLOAT_BITS:
                 qcls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
                 parent_name, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent_name) if parent_name else model, child,
@@ -48,7 +49,7 @@ def _copy(model: nn.Module) -> nn.Module:
 
 
 def load_variant(fp32_path: Path, variant_path: Path) -> tuple[TinyM2Net, dict[str, int] | None]:
-    """Rebuild `models/<case>/quantized/<variant>.pt` on the architecture of `models/<case>/fp32/fused.pt`."""
+    """Rebuild `models/<case>/quantized/<variant>.pt` on the architecture of the FP32 model it came from."""
     fp32 = load_model(fp32_path)
     try:
         blob = torch.load(variant_path, weights_only=True)
@@ -91,12 +92,9 @@ class _Graph:
         fields: dict = {"name": name, "weight": f"{name}.weight", "bits": None, "act": None}
         bits = getattr(module, "bits", None)
         if bits is not None:
-            qmax = 2 ** (bits - 1) - 1
             scale = weight_scale(weight, bits)                                        # (C_out,)
             shape = (-1,) + (1,) * (weight.dim() - 1)
-            fq = torch.fake_quantize_per_channel_affine(weight, scale, torch.zeros_like(scale, dtype=torch.int32),
-                                                        0, -qmax, qmax)
-            q = torch.round(fq / scale.reshape(shape)).to(torch.int64)               # exact integers
+            q = torch.round(fake_quant_weight(weight, bits) / scale.reshape(shape)).to(torch.int64)  # exact integers
             self.tensors[f"{name}.weight"] = (q.numpy(), f"int{bits}")
             self.tensors[f"{name}.weight_scale"] = (scale.numpy(), "float32")
             act: ActQuant = module.act
@@ -169,7 +167,7 @@ def export(model: TinyM2Net, path: Path, *, case: str, variant: str, classes: li
     """Write `model` to `path` as a `.tm2` artifact; returns its size in bytes."""
     header, tensors = to_artifact(model, {"case": case, "variant": variant, "classes": classes,
                                           "input_shapes": input_shapes, "bits": bits})
-    size = runtime.write_artifact(path, header, tensors)
+    size = tm2.write(path, header, tensors)
     log.info("exported %s/%s: %d nodes, %d bytes", case, variant, len(header["nodes"]), size)
     return size
 
@@ -179,7 +177,8 @@ def weight_payload_bytes(model: TinyM2Net, bits: dict[str, int] | None) -> int:
     total = 0
     for name, module in quantizable_layers(fold_batchnorm(_copy(model))).items():
         b = (bits or {}).get(name)
+        b = None if b == FLOAT_BITS else b
         n = module.weight.numel()
-        total += runtime.packed_nbytes(n, b) + 4 * module.weight.shape[0] if b else 4 * n
+        total += packed_nbytes(n, b) + 4 * module.weight.shape[0] if b else 4 * n
         total += 4 * module.bias.numel() if module.bias is not None else 0
     return total

@@ -4,7 +4,10 @@ Minimize sum_i Omega_i^{b_i} subject to model size sum_i params_i * b_i / 8 <= s
 BOPS sum_i MACs_i * b_i^2 <= BOPS limit and any further linear `Budget` (latency, peak memory),
 with tied layers sharing one width and pinned layers fixed. One binary per (tie group, bit choice), exactly one chosen per group, so any number of bit
 choices works. A limit is absolute or a lambda in [0, 1] between the all-lowest-bit and the
-all-highest-bit totals.
+all-highest-bit totals (of the quantized widths: a width of 32, FLOAT_BITS, leaves a layer float, with
+Omega 0 unless the file says otherwise). A latency table (`latency.py`, microseconds per layer and
+width measured on the device) becomes a `latency_budget`, whose lambda spans the fastest to the slowest
+allocation.
 
 Sensitivity input (written by the Hessian stage):
   {"layers": [{"name", "params", "macs", "omega": {"4": float, "8": float}}, ...], "ties": [[a, b], ...]}
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import pulp
 
+from .bitpack import FLOAT_BITS
 from .errors import DataError, ParamsError, TinyM2NetError
 from .io import write_json
 
@@ -124,7 +128,7 @@ class Budget:
     of a peak-memory schedule (the live buffers at that step, each at the width of the layer that
     reads it). `step`: totals are exact multiples of it (size: 1/8 B, BOPS: 1), so the row is
     solved in integers; None: a real-valued total, compared with a relative tolerance of 1e-9.
-    `lam`: the lambda the limit was derived from, for messages.
+    `lam`: the lambda the limit was derived from, and `span` the (lambda 0, lambda 1) totals, for messages.
     """
     name: str
     unit: str
@@ -133,6 +137,7 @@ class Budget:
     constant: float = 0.0
     step: float | None = None
     lam: float | None = None
+    span: tuple[float, float] | None = None
 
     def total(self, bits: dict[str, int]) -> float:
         return self.constant + sum(c[bits[name]] for name, c in self.cost.items())
@@ -156,6 +161,69 @@ def bops_budget(layers: list[dict], limit: float, lam: float | None = None) -> B
     """Bit operations, sum MACs_i * b_i^2."""
     return Budget("BOPS", "", {l["name"]: {b: l["macs"] * b * b for b in _widths(l)} for l in layers},
                   limit, step=1, lam=lam)
+
+
+def latency_budget(table: dict, names: list[str], bit_choices, limit: float | None = None,
+                   lam: float | None = None, fastest: float | None = None) -> Budget:
+    """Estimated batch-1 latency (the table's constant + its per-layer entries, microseconds); a lambda in [0, 1]
+    spans the fastest allocation (`fastest`, e.g. from `fastest_latency`; default: every layer at its fastest
+    width, which ties and pins may forbid) to the slowest one."""
+    rows = table.get("layers", {})
+    cost = {}
+    for name in names:
+        entry = rows.get(name)
+        missing = [b for b in bit_choices if not isinstance(entry, dict) or str(b) not in entry]
+        if missing:
+            raise DataError(f"latency table: layer {name} has no latency at {missing[0]} bits "
+                            f"(measure the table with the ILP's bit choices)")
+        cost[name] = {b: float(entry[str(b)]) for b in bit_choices}
+    constant = float(table.get("constant", 0.0))
+    span = (constant + sum(min(c.values()) for c in cost.values()) if fastest is None else fastest,
+            constant + sum(max(c.values()) for c in cost.values()))
+    cap = _limit("latency", "us", limit, lam, *span)
+    if cap is None:
+        raise ParamsError("a latency budget needs a latency limit (microseconds) or a latency lambda")
+    return Budget("latency", "us", cost, cap, constant=constant, lam=lam, span=span)
+
+
+def fastest_latency(sens: dict, bit_choices, table: dict, **limits) -> float:
+    """The smallest estimated latency any allocation reaches under `limits` (solve's keywords: size, BOPS, pins,
+    further budgets): the same ILP with the latency table as its objective."""
+    rows = table.get("layers", {})
+    layers = []
+    for l in sens.get("layers") or []:
+        entry = rows.get(l.get("name")) if isinstance(l, dict) else None
+        if not isinstance(entry, dict) or any(str(b) not in entry for b in bit_choices):
+            raise DataError(f"latency table: no latency at every width in {list(bit_choices)} for layer "
+                            f"{l.get('name') if isinstance(l, dict) else l!r}")
+        layers.append({**l, "omega": {str(b): float(entry[str(b)]) for b in bit_choices}})
+    return float(table.get("constant", 0.0)) + solve({**sens, "layers": layers}, bit_choices, **limits)["objective"]
+
+
+def latency_budgets(sens: dict, bit_choices, table: dict, limit: float | None = None, lam: float | None = None,
+                    **limits) -> list[Budget]:
+    """The latency limit (its lambda spanning the fastest allocation `limits` allow to the slowest) and the float
+    order rows that keep the table's per-layer figures true."""
+    names = [l["name"] for l in sens["layers"]]
+    order = float_order_budgets(table.get("producers", {}), names, bit_choices)
+    fastest = fastest_latency(sens, bit_choices, table, **{**limits, "budgets": order + list(limits.get("budgets") or [])})
+    return order + [latency_budget(table, names, bit_choices, limit, lam, fastest)]
+
+
+def float_order_budgets(producers: dict[str, list[str]], names: list[str], bit_choices) -> list[Budget]:
+    """A float (32-bit) layer reads only float layers: for each edge producer -> consumer,
+    [consumer at 32] - [producer at 32] <= 0. (An int8 layer read by a float layer has no output quantizer
+    in the fake-quantized model, so the runtime must run it in float: its int8 latency would not hold.)"""
+    if FLOAT_BITS not in bit_choices:
+        return []
+    budgets = []
+    for consumer, sources in producers.items():
+        for producer in sources:
+            if consumer in names and producer in names:
+                cost = {consumer: {b: float(b == FLOAT_BITS) for b in bit_choices},
+                        producer: {b: -float(b == FLOAT_BITS) for b in bit_choices}}
+                budgets.append(Budget(f"float order {producer} -> {consumer}", "", cost, 0.0, step=1))
+    return budgets
 
 
 def _widths(layer: dict) -> list[int]:
@@ -211,6 +279,9 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
     if not choices or len(set(choices)) != len(choices) or any(
             isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in choices):
         raise ParamsError(f"bit choices must be distinct positive integers (got {choices!r})")
+    if FLOAT_BITS in choices:  # a float layer has no quantization error unless the file says otherwise
+        sens = {**sens, "layers": [{**l, "omega": {str(FLOAT_BITS): 0.0, **l["omega"]}} if isinstance(l, dict)
+                                   and isinstance(l.get("omega"), dict) else l for l in sens.get("layers") or []]}
     layers = _check_sensitivity(sens, choices)
     names = [layer["name"] for layer in layers]
     pins = dict(pins or {})
@@ -229,7 +300,8 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
             raise ParamsError(f"tied layers {members} are pinned to different widths {sorted(pinned)}")
         group_pin.append(pinned.pop() if pinned else None)
 
-    lo_b, hi_b = min(choices), max(choices)
+    quantized = [b for b in choices if b != FLOAT_BITS] or choices
+    lo_b, hi_b = min(quantized), max(quantized)
     size_range = totals(layers, dict.fromkeys(names, lo_b))[0], totals(layers, dict.fromkeys(names, hi_b))[0]
     bops_range = totals(layers, dict.fromkeys(names, lo_b))[1], totals(layers, dict.fromkeys(names, hi_b))[1]
     size_cap = _limit("size", "bytes", size_limit, size_lambda, *size_range)
@@ -250,7 +322,7 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
         if not budget.fits(least):
             lam = ""
             if budget.lam is not None:
-                lo, hi = size_range if budget.name == "size" else bops_range
+                lo, hi = budget.span or (size_range if budget.name == "size" else bops_range)
                 lam = f" (lambda {budget.lam:g}; smallest feasible lambda {(least - lo) / max(hi - lo, 1e-300):.4g})"
             problems.append(f"{budget.name} limit {budget.describe(budget.limit)}{lam} is infeasible with the "
                             f"pinned/tied layers; the smallest feasible {budget.name} is {budget.describe(least)}")
@@ -321,12 +393,25 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
         "bops_lambda": bops_lambda,
         "size_range": list(size_range),
         "bops_range": list(bops_range),
-        "budgets": {b.name: {"limit": b.limit, "total": b.total(bits), "unit": b.unit}
-                    for b in rows if b.name not in ("size", "BOPS")},
+        "budgets": {b.name: {"limit": b.limit, "lambda": b.lam, "total": b.total(bits), "unit": b.unit}
+                    for b in rows if b.name not in ("size", "BOPS") and not b.name.startswith("float order")},
         "bit_choices": choices,
         "pins": pins,
         "status": status,
     }
+
+
+def read_table(path: str | Path) -> dict:
+    """A latency table written by `measure` (the ILP's `latency` budget), checked for its shape."""
+    try:
+        table = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run the latency stage, or `python -m tinym2net.latency` on the device)") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(table, dict) or not isinstance(table.get("layers"), dict) or table.get("unit") != "us":
+        raise DataError(f"{path}: not a latency table (expected 'unit': 'us' and a 'layers' mapping)")
+    return table
 
 
 def pins(layers: list[dict], bits: int | None) -> dict[str, int]:
@@ -338,13 +423,26 @@ def pins(layers: list[dict], bits: int | None) -> dict[str, int]:
     return {n: bits for n in [*sorted(firsts), names[-1]]}
 
 
-def allocate(cfg, sens: dict, size_lambda: float | None = None) -> dict:
-    """Solve with params.yaml's `ilp` settings (`cfg`), optionally at another size lambda."""
+def allocate(cfg, sens: dict, size_lambda: float | None = None, latency_table: dict | None = None) -> dict:
+    """Solve with params.yaml's `ilp` settings (`cfg`), optionally at another size lambda; with a latency
+    limit, `latency_table` (the latency stage's) is budgeted too."""
     size = {"size_limit": cfg.size_limit, "size_lambda": cfg.size_lambda}
     if size_lambda is not None:
         size = {"size_limit": None, "size_lambda": size_lambda}
-    return solve(sens, cfg.bit_choices, **size, bops_limit=cfg.bops_limit, bops_lambda=cfg.bops_lambda,
-                 pins=pins(sens["layers"], cfg.pin_bits))
+    if not cfg.tie_depthwise:
+        sens = {**sens, "ties": []}
+    limits = {**size, "bops_limit": cfg.bops_limit, "bops_lambda": cfg.bops_lambda,
+              "pins": pins(sens["layers"], cfg.pin_bits)}
+    if needs_latency(cfg):
+        if latency_table is None:
+            raise ParamsError("params.yaml: ilp.latency_limit/latency_lambda need the latency stage's table")
+        limits["budgets"] = latency_budgets(sens, cfg.bit_choices, latency_table, cfg.latency_limit,
+                                            cfg.latency_lambda, **limits)
+    return solve(sens, cfg.bit_choices, **limits)
+
+
+def needs_latency(cfg) -> bool:
+    return cfg.latency_limit is not None or cfg.latency_lambda is not None
 
 
 def _pin(text: str) -> tuple[str, int]:
@@ -359,15 +457,18 @@ def cli(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipelines.ilp", description=__doc__.splitlines()[0])
     parser.add_argument("--sensitivity", required=True, type=Path, help="per-layer sensitivity JSON")
     parser.add_argument("--out", required=True, type=Path, help="where to write the allocation JSON")
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--size-limit", type=float, metavar="BYTES", help="model size limit in bytes")
-    size.add_argument("--size-lambda", type=float, metavar="X",
-                      help="size limit between all-lowest (0) and all-highest (1) bits")
-    bops = parser.add_mutually_exclusive_group()
-    bops.add_argument("--bops-limit", type=float, metavar="N", help="BOPS limit")
-    bops.add_argument("--bops-lambda", type=float, metavar="X",
-                      help="BOPS limit between all-lowest (0) and all-highest (1) bits")
-    parser.add_argument("--bits", type=int, nargs="+", default=[4, 8], help="bit-width choices (default: 4 8)")
+    for kind, unit, limit_help, lam_range in (
+            ("size", "BYTES", "model size limit in bytes", "all-lowest (0) and all-highest (1) quantized bits"),
+            ("bops", "N", "BOPS limit", "all-lowest (0) and all-highest (1) quantized bits"),
+            ("latency", "US", "estimated batch-1 latency limit (us; needs --latency-table)",
+             "the fastest (0) and the slowest (1) allocation")):
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(f"--{kind}-limit", type=float, metavar=unit, help=limit_help)
+        group.add_argument(f"--{kind}-lambda", type=float, metavar="X", help=f"{kind} limit between {lam_range}")
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 8],
+                        help=f"bit-width choices (default: 4 8; {FLOAT_BITS}: leave a layer float)")
+    parser.add_argument("--latency-table", type=Path, metavar="FILE",
+                        help="per-layer latency table (python -m tinym2net.latency) for a latency limit")
     parser.add_argument("--pin", type=_pin, action="append", default=[], metavar="NAME=BITS",
                         help="fix a layer's width (repeatable)")
     return parser.parse_args(argv)
@@ -388,8 +489,14 @@ def main(argv=None) -> int:
         pins = dict(args.pin)
         if len(pins) != len(args.pin):
             raise ParamsError("a layer is pinned twice")
-        result = solve(sens, args.bits, size_limit=args.size_limit, size_lambda=args.size_lambda,
-                       bops_limit=args.bops_limit, bops_lambda=args.bops_lambda, pins=pins)
+        limits = {"size_limit": args.size_limit, "size_lambda": args.size_lambda, "bops_limit": args.bops_limit,
+                  "bops_lambda": args.bops_lambda, "pins": pins}
+        if args.latency_limit is not None or args.latency_lambda is not None:
+            if args.latency_table is None:
+                raise ParamsError("a latency limit needs --latency-table")
+            limits["budgets"] = latency_budgets(sens, args.bits, read_table(args.latency_table), args.latency_limit,
+                                                args.latency_lambda, **limits)
+        result = solve(sens, args.bits, **limits)
         write_json(args.out, result)
     except TinyM2NetError as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -317,21 +317,35 @@ class Sensitivity(Schema):
 
 
 Bits = Annotated[int, Field(ge=2, le=8, strict=True)]
+Width = Union[Bits, Literal[32]]   # 32: the layer stays float (FP32)
+Backend = Literal["litert", "onnx"]
+
+
+class Latency(Schema):
+    backend: Backend
+    threads: PosInt
+    rounds: PosInt
+    calls: PosInt
 
 
 class Ilp(Schema):
-    bit_choices: list[Bits] = Field(min_length=1)
+    bit_choices: list[Width] = Field(min_length=1)
     size_lambda: Annotated[float, Field(ge=0, le=1)] | None
     size_limit: NonNegFloat | None
     bops_lambda: Annotated[float, Field(ge=0, le=1)] | None
     bops_limit: NonNegFloat | None
-    pin_bits: Bits | None
+    latency_lambda: Annotated[float, Field(ge=0, le=1)] | None
+    latency_limit: PosFloat | None     # microseconds
+    tie_depthwise: bool
+    pin_bits: Width | None
 
     @model_validator(mode="after")
     def _choices(self):
         if len(set(self.bit_choices)) != len(self.bit_choices):
             raise ValueError(f"bit_choices must be distinct (got {self.bit_choices})")
-        for kind in ("size", "bops"):
+        if not [b for b in self.bit_choices if b != 32]:
+            raise ValueError("bit_choices need at least one quantized width (2..8) beside 32 (float)")
+        for kind in ("size", "bops", "latency"):
             if getattr(self, f"{kind}_lambda") is not None and getattr(self, f"{kind}_limit") is not None:
                 raise ValueError(f"give {kind}_lambda or {kind}_limit, not both")
         if self.pin_bits is not None and self.pin_bits not in self.bit_choices:
@@ -356,9 +370,18 @@ class Quantize(Schema):
     ablation: Ablation
 
 
+class Tm2Limits(Schema):
+    max_file_bytes: PosInt
+    max_header_bytes: PosInt
+    max_header_json_bytes: PosInt
+    max_header_depth: Annotated[int, Field(ge=4, le=1000, strict=True)]
+
+
 class Export(Schema):
     variants: list[Name] | None
     min_agreement: Annotated[float, Field(ge=0, le=1)]
+    backends: list[Backend] = Field(min_length=1)
+    tm2_limits: Tm2Limits
 
 
 class Power(Schema):
@@ -378,7 +401,10 @@ class Pi(Schema):
 
 class Benchmark(Schema):
     runner: Literal["local", "pi"]
+    backend: Backend
     threads: PosInt | None
+    compare_rounds: PosInt
+    compare_calls: PosInt
     warmup: NonNegInt
     runs: PosInt
     throughput_batch: PosInt
@@ -401,6 +427,7 @@ class Params(Schema):
     train: dict[Name, Train]
     evaluate: Evaluate
     sensitivity: Sensitivity
+    latency: Latency
     ilp: Ilp
     quantize: Quantize
     export: Export
@@ -520,7 +547,7 @@ def _key(loc) -> str:
         if isinstance(part, int):
             parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
         elif part in ("DemoAudio", "DemoVideo", "mfcc", "image", "Coswara", "Manifest", "Folder", "Youtube") \
-                or part.startswith(("tuple[", "function-")):
+                or part.startswith(("tuple[", "function-", "constrained-", "literal[", "list[", "dict[")):
             continue
         else:
             parts.append(str(part))

@@ -6,6 +6,7 @@ activation at one bit width. Weights: symmetric per output channel, integers in
 batches; unsigned [0, 2^b-1] when every observed value is >= 0 (after ReLU), otherwise signed and
 symmetric (the network input, the pointwise input after a depthwise convolution). torch's
 fake-quantize ops supply the straight-through estimator, so the result can be fine-tuned (QAT).
+A width of 32 (`FLOAT_BITS`) in a bit allocation leaves the layer float: no quantization error.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bitpack import FLOAT_BITS, int_range
 from .errors import DataError, ParamsError
 
 log = logging.getLogger(__name__)
@@ -33,20 +35,23 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _check_bits(bits: int, what: str) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ParamsError(f"{what}: bit width must be an integer in [{MIN_BITS}, {MAX_BITS}] (got {bits!r})")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not (MIN_BITS <= bits <= MAX_BITS or bits == FLOAT_BITS):
+        raise ParamsError(f"{what}: bit width must be an integer in [{MIN_BITS}, {MAX_BITS}] or {FLOAT_BITS} (float) "
+                          f"(got {bits!r})")
     return bits
 
 
 def weight_scale(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-output-channel scale max|w| / (2^(b-1)-1); all-zero channels get scale 1."""
     amax = weight.detach().abs().flatten(1).amax(dim=1).float()  # (C_out,)
-    return torch.where(amax > 0, amax / (2 ** (bits - 1) - 1), torch.ones_like(amax))
+    return torch.where(amax > 0, amax / int_range(bits)[1], torch.ones_like(amax))
 
 
 def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric per-channel (axis 0) fake quantization of a weight tensor at `bits`."""
-    qmax = 2 ** (bits - 1) - 1
+    """Symmetric per-channel (axis 0) fake quantization of a weight tensor at `bits` (FLOAT_BITS: unchanged)."""
+    if bits == FLOAT_BITS:
+        return weight
+    qmax = int_range(bits)[1]
     scale = weight_scale(weight, bits).to(weight.device)
     zero_point = torch.zeros_like(scale, dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -qmax, qmax)
@@ -92,18 +97,15 @@ class ActQuant(nn.Module):
             raise DataError("activation quantizer saw no calibration batch")
         signed = self.min_seen.item() < 0
         if signed:
-            amax, levels = max(abs(self.lo.item()), abs(self.hi.item())), 2 ** (self.bits - 1) - 1
+            amax, levels = max(abs(self.lo.item()), abs(self.hi.item())), int_range(self.bits, True)[1]
         else:
-            amax, levels = max(self.hi.item(), 0.0), 2 ** self.bits - 1
+            amax, levels = max(self.hi.item(), 0.0), int_range(self.bits, False)[1]
         self.signed.fill_(signed)
         self.scale.fill_(amax / levels if amax > 0 else 1.0)
         self.observing = False
 
     def qrange(self) -> tuple[int, int]:
-        if self.signed.item():
-            qmax = 2 ** (self.bits - 1) - 1
-            return -qmax, qmax
-        return 0, 2 ** self.bits - 1
+        return int_range(self.bits, bool(self.signed.item()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
@@ -193,7 +195,8 @@ def _inputs(batch):
 
 def quantize_model(model: nn.Module, bits: dict[str, int], calib_batches: Iterable,
                    percentile: float | None = None) -> nn.Module:
-    """A BN-folded copy of `model` whose layers named in `bits` fake-quantize weights and input at that width."""
+    """A BN-folded copy of `model` whose layers named in `bits` fake-quantize weights and input at that width
+    (layers at FLOAT_BITS stay float)."""
     layers = quantizable_layers(model)
     unknown = [name for name in bits if name not in layers]
     if unknown:
@@ -204,7 +207,7 @@ def quantize_model(model: nn.Module, bits: dict[str, int], calib_batches: Iterab
         raise ParamsError(f"activation percentile must be in (50, 100] (got {percentile!r})")
     qmodel = fold_batchnorm(copy.deepcopy(model)).eval()
     for name, layer in quantizable_layers(qmodel).items():
-        if name in bits:
+        if bits.get(name, FLOAT_BITS) != FLOAT_BITS:
             qcls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
             _set_module(qmodel, name, qcls.from_float(layer, bits[name], percentile))
     n_batches = 0
@@ -218,7 +221,7 @@ def quantize_model(model: nn.Module, bits: dict[str, int], calib_batches: Iterab
         if isinstance(module, ActQuant):
             module.freeze()
     log.info("quantized %d of %d layers; activation ranges from %d calibration batches",
-             len(bits), len(layers), n_batches)
+             sum(b != FLOAT_BITS for b in bits.values()), len(layers), n_batches)
     return qmodel
 
 
@@ -256,8 +259,8 @@ def packed_size_bytes(model: nn.Module, bits: dict[str, int]) -> int:
     folded = fold_batchnorm(copy.deepcopy(model))
     total = 0
     for name, module in folded.named_modules():
-        if name in bits:
-            b = _check_bits(bits[name], name)
+        if name in bits and _check_bits(bits[name], name) != FLOAT_BITS:
+            b = bits[name]
             total += math.ceil(module.weight.numel() * b / 8)            # packed integer weights
             total += module.weight.shape[0] * FLOAT_BYTES                 # per-channel scales
             total += (module.bias.numel() if module.bias is not None else 0) * FLOAT_BYTES
