@@ -23,6 +23,12 @@ run: setup
 test: setup chromium
 	python -m pytest
 
+# The variants of each case for a size or latency budget (after `make run`): deployed accuracy with its
+# interval, file size, latency, the Pareto fronts. The headline figures: `dvc metrics show`.
+.PHONY: compare
+compare:
+	@for table in reports/*/budget.md; do cat "$$table"; echo; done
+
 # Headless Chromium for the browser tests: Debian's package, installed when missing (as root, as in CI).
 .PHONY: chromium
 chromium:

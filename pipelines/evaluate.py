@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 
 from tinym2net import metrics, tracking
-from tinym2net.io import Outputs, file_md5, read_json
+from tinym2net.io import Outputs, file_md5, read_json, write_json
 from tinym2net.params import Params
 from tinym2net.plots import confusion_csv, confusion_png
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features, load_model, predict
 
-OUTPUTS = ["metrics/{case}/evaluate.json", "reports/{case}/confusion.png", "reports/{case}/confusion.csv"]
+OUTPUTS = ["metrics/{case}/evaluate.json", "metrics/{case}/headline/models", "reports/{case}/confusion.png",
+           "reports/{case}/confusion.csv"]
 
 
 def evaluate_partition(params: Params, case: str, p: int, root: Path) -> dict:
@@ -98,6 +99,11 @@ def evaluate(params: Params, case: str, root: Path = Path(".")) -> None:
     with outs.file(f"reports/{case}/confusion.csv", newline="") as fh:
         confusion_csv(y, pred, info.classes, fh)
     outs.write_json(f"metrics/{case}/evaluate.json", result)
+    with outs.directory(f"metrics/{case}/headline/models") as out:   # `dvc metrics show`: one row per model
+        for name, m in result["models"].items():
+            write_json(out.path(f"{name}.json"), metrics.headline(uar=m["uar"], acc=m["accuracy"], auc=m.get("roc_auc")))
+            write_json(out.path(f"{name}-per-subject.json"),
+                       metrics.headline(uar=m["subject"]["uar"], acc=m["subject"]["accuracy"], auc=m["subject"].get("roc_auc")))
     with tracking.stage_run("evaluate", case, root):
         mlflow.log_params({"split_strategy": split["strategy"], "leaky": split["leaky"], "partitions": len(parts)})
         mlflow.log_metrics({f"{name}_{k}": v["mean"] for name, m in result["models"].items()

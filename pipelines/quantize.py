@@ -12,23 +12,17 @@ import torch
 
 from tinym2net import ilp, tracking
 from tinym2net.bitpack import FLOAT_BITS
-from tinym2net.io import Outputs, file_md5, read_json
-from tinym2net.metrics import bootstrap
+from tinym2net.io import Outputs, file_md5, read_json, write_json
+from tinym2net.metrics import bootstrap, headline
 from tinym2net.params import Params
 from tinym2net.plots import bits_png, confusion_png
 from tinym2net.quant import packed_size_bytes, qat_finetune, quantize_model
 from tinym2net.stage import log, run_stage
 from tinym2net.training import Features, load_model, predict
 
-OUTPUTS = ["models/{case}/quantized", "metrics/{case}/quantize.json", "metrics/{case}/quantize"]
+OUTPUTS = ["models/{case}/quantized", "metrics/{case}/quantize.json", "metrics/{case}/quantize",
+           "metrics/{case}/headline/variants"]
 PARTITION = 0  # the deployed model is partition 0's
-
-
-def pareto(points: list[dict], size: str = "weights_kib", score: str = "accuracy") -> list[dict]:
-    """The points no other point beats on both size (smaller) and score (higher), by size."""
-    front = [p for p in points if not any(
-        q[size] <= p[size] and q[score] >= p[score] and (q[size], q[score]) != (p[size], p[score]) for q in points)]
-    return sorted(front, key=lambda p: p[size])
 
 
 def variants(params: Params, sens: dict, mp_bits: dict, latency: dict | None = None) -> dict[str, tuple[dict | None, float | None]]:
@@ -130,17 +124,13 @@ def quantize(params: Params, case: str, root: Path = Path(".")) -> None:
                          "ptq": figures[f"{name}/ptq"], "qat": figures[f"{name}/qat"]}
     ablated = {name: {"objective": _objective(sens, bits), "weights_kib": round(packed_size_bytes(fp32, bits) / 1024, 2),
                       **figures[f"ablation/{name}"]} for name, bits in ablations.items()}
-    points = [{"variant": n, "weights_kib": r["weights_kib"], "accuracy": r["qat"]["accuracy"]["value"],
-               "accuracy_lo": r["qat"]["accuracy"]["ci"][0], "accuracy_hi": r["qat"]["accuracy"]["ci"][1]}
-              for n, r in results.items()]
     summary = {"features": file_md5(features), "partition": PARTITION, "qat_epochs": cfg.qat.epochs,
                "sensitivity": {"iterations": sens["iterations"], "converged": sens["converged"]},
                "test_samples": int(len(test)), "test_units": int(len(set(data.unit[test].tolist()))),
                "spread": f"bootstrap of the test split's {params.evaluate.bootstrap} resamples of whole units "
                          f"(subjects or time blocks), {100 * params.evaluate.confidence:g}% percentile interval; "
                          f"differences to fp32 paired",
-               "variants": results, "ablation": {"size_limit_bytes": mp["size_limit"], "allocations": ablated},
-               "pareto": pareto(points)}
+               "variants": results, "ablation": {"size_limit_bytes": mp["size_limit"], "allocations": ablated}}
     with outs.directory(f"models/{case}/quantized") as out:
         for name, blob in models.items():
             torch.save(blob, out.path(f"{name}.pt"))
@@ -148,12 +138,18 @@ def quantize(params: Params, case: str, root: Path = Path(".")) -> None:
         order = [l["name"] for l in sens["layers"]]
         bit_rows = [{"layer": n, "order": i, **{v: (allocations[v][0] or {}).get(n, 32) for v in allocations}}
                     for i, n in enumerate(order)]
-        for fname, rows in (("pareto.csv", pareto(points)), ("points.csv", points), ("bits.csv", bit_rows)):
-            with open(out.path(fname), "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+        with open(out.path("bits.csv"), "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(bit_rows[0]))
+            writer.writeheader()
+            writer.writerows(bit_rows)
     outs.write_json(f"metrics/{case}/quantize.json", summary)
+    with outs.directory(f"metrics/{case}/headline/variants") as out:   # `dvc metrics show`: one row per figure
+        for name, r in results.items():
+            for stage in ("ptq", "qat"):
+                write_json(out.path(f"{name}-{stage}.json"), headline(uar=r[stage]["uar"], acc=r[stage]["accuracy"],
+                                                                      kib=r["weights_kib"]))
+        for name, a in ablated.items():
+            write_json(out.path(f"ablation-{name}.json"), headline(uar=a["uar"], acc=a["accuracy"], kib=a["weights_kib"]))
     _track(case, root, allocations, results, sens, preds, y, info.classes, models)
     log.info("quantize %s: %d variants, %d ablation allocations; wrote metrics/%s/quantize.json", case,
              len(results), len(ablated), case)

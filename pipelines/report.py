@@ -1,4 +1,5 @@
-"""Stage `report`: reports/results.md from every case's metrics, refusing figures computed on different data."""
+"""Stage `report`: reports/results.md from every case's metrics (the budget view included), refusing figures
+computed on different data."""
 from pathlib import Path
 
 from tinym2net.io import Outputs, read_json

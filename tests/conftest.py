@@ -76,7 +76,8 @@ def venv_env(**extra) -> dict:
     return env
 
 
-PROJECT_FILES = ["dvc.yaml", "pipelines", "src", "pyproject.toml", ".dvcignore", ".gitignore", "prefect.yaml", "scripts"]
+PROJECT_FILES = ["dvc.yaml", "pipelines", "src", "pyproject.toml", ".dvcignore", ".gitignore", "prefect.yaml", "scripts",
+                 "Makefile"]
 
 
 def run(cmd, cwd, env, timeout: float = 900) -> str:

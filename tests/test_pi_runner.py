@@ -87,10 +87,10 @@ def test_local_runner_measures_every_artifact(project, small_params):
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and lat["runs"] == 20
         assert r["throughput_sps"] > 0 and r["load_seconds"] > 0 and r["peak_rss_mib"] > 10
-        assert r["size_bytes"] == (root / "models" / CASE / "artifacts" / f"{name}.tm2").stat().st_size
+        assert r["file_bytes"] == (root / "models" / CASE / "artifacts" / f"{name}.tm2").stat().st_size
         assert r["power"] == "not measured"
     assert abs(result["variants"]["mp"]["accuracy"] - expected_accuracy) <= 1 / 32
-    assert result["variants"]["mp"]["size_bytes"] < result["variants"]["fp32"]["size_bytes"]
+    assert result["variants"]["mp"]["file_bytes"] < result["variants"]["fp32"]["file_bytes"]
     runs = mlflow.search_runs(experiment_names=[f"tinym2net-{CASE}"], output_format="list")
     mp = next(r for r in runs if r.info.run_name == f"{CASE}/benchmark/mp")
     assert mp.data.metrics["latency_p50_ms"] == result["variants"]["mp"]["latency_ms"]["p50"]

@@ -29,7 +29,7 @@ def repo(tmp_path_factory, repo_root, small_params):
 
 
 STAGES = ["fetch", "slice", "featurize", "evaluate", "sensitivity", "latency", "ilp", "quantize", "export",
-          "benchmark"]
+          "benchmark", "budget"]
 CASES = ("covid", "battlefield")
 
 
@@ -67,9 +67,24 @@ def test_first_repro_runs_every_stage_for_both_cases(repo, small_params):
 
 
 def test_metrics_and_plots_show(repo):
+    """`dvc metrics show` lists every headline figure (a row per model, variant and artifact), fits a terminal,
+    and holds no per-layer bit width."""
     path, env, _ = repo
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], path, env))
-    assert "metrics/covid/evaluate.json" in json.dumps(shown)
+    files = {f for rev in shown.values() for f in rev["data"]}
+    for case in CASES:
+        assert {f"metrics/{case}/headline/models/fused.json", f"metrics/{case}/headline/models/fused-per-subject.json",
+                f"metrics/{case}/headline/variants/w4a4-ptq.json", f"metrics/{case}/headline/variants/mp-qat.json",
+                f"metrics/{case}/headline/variants/ablation-reverse.json",
+                f"metrics/{case}/headline/deployed/mp.json"} <= files
+    keys = {k for rev in shown.values() for f in rev["data"].values() for k in f["data"]}
+    assert keys <= {"uar", "uar_std", "uar_lo", "uar_hi", "acc", "acc_std", "acc_lo", "acc_hi", "auc", "kib", "ms"}
+    table = run(["dvc", "metrics", "show"], path, env)
+    assert max(len(line) for line in table.splitlines()) <= 200, table[:2000]
+    compare = subprocess.run(["make", "-s", "compare"], cwd=path, env=env,
+                             capture_output=True, text=True)
+    assert "### covid: the best variant for a budget" in compare.stdout
+    assert max(len(line) for line in compare.stdout.splitlines()) <= 200
     plots = run(["dvc", "plots", "show", "--json"], path, env)
     assert "metrics/battlefield/curves/p0" in plots and "reports/covid/confusion.csv" in plots
 
@@ -163,6 +178,14 @@ def test_quantized_variants_and_report(repo):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["tinym2net-battlefield"], output_format="list")
     parent = next(r for r in runs if r.info.run_name == "battlefield/quantize")
+    # the budget view on the quantize parent run: the table, the plots, each deployed variant's figures
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "budget")}
+    assert artifacts == {"budget/budget.md", "budget/budget.png", "budget/latency.png"}
+    assert {"mp.accuracy", "mp.file_kib", "fp32.p50_ms"} <= set(parent.data.metrics)
+    assert "the best variant for a budget" in parent.data.tags["mlflow.note.content"]
+    for case in CASES:
+        assert (path / "reports" / case / "budget.png").stat().st_size > 5000
+        assert "| mp |" in (path / "reports" / case / "budget.md").read_text()
     children = {r.info.run_name.rsplit("/", 1)[1]: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert {"fp32", "w8a8", "mp", "w4a4"} <= set(children)

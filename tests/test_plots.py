@@ -32,8 +32,8 @@ def test_every_case_has_its_pareto_and_bits_plot(repo_root):
     cases = yaml.safe_load((repo_root / "params.yaml").read_text())["cases"]
     plots = {next(iter(p)): next(iter(p.values())) for p in yaml.safe_load((repo_root / "dvc.yaml").read_text())["plots"]}
     for case in cases:
-        assert set(plots[f"{case}/pareto"]["y"]) == {f"metrics/{case}/quantize/points.csv",
-                                                     f"metrics/{case}/quantize/pareto.csv"}
+        assert set(plots[f"{case}/pareto"]["y"]) == {f"metrics/{case}/budget/points.csv",
+                                                     f"metrics/{case}/budget/pareto.csv"}
         assert set(plots[f"{case}/bits"]["y"]) == {f"metrics/{case}/quantize/bits.csv"}
     assert set(plots) == {f"{case}/{kind}" for case in cases for kind in ("pareto", "bits")}
 
@@ -83,12 +83,13 @@ def plots_repo(tmp_path_factory):
     for k, (case, info) in enumerate(cases.items()):
         classes = info["classes"]
         size = 100.0 * (k + 1)
-        points = [{"variant": v, "weights_kib": round(size * f, 2), "accuracy": a} for v, f, a in
+        points = [{"variant": v, "file_kib": round(size * f, 2), "accuracy": a, "accuracy_lo": a - 0.01,
+                   "accuracy_hi": a + 0.01} for v, f, a in
                   (("fp32", 4.0, 0.95), ("w8a8", 1.0, 0.96), ("mp", 0.7, 0.94), ("w4a4", 0.5, 0.90))]
         bits = [{"layer": n, "mp": b, "omega_low": 1e-4} for n, b in
                 (("branch.conv1", 8), ("branch.sepconv2.dw", 4), ("branch.dense", 4), ("head.out", 8))]
-        write_csv(path / "metrics" / case / "quantize" / "points.csv", points)
-        write_csv(path / "metrics" / case / "quantize" / "pareto.csv", [points[1], points[2], points[3]])
+        write_csv(path / "metrics" / case / "budget" / "points.csv", points)
+        write_csv(path / "metrics" / case / "budget" / "pareto.csv", [points[1], points[2], points[3]])
         write_csv(path / "metrics" / case / "quantize" / "bits.csv", bits)
         for part in partitions:
             write_csv(path / "metrics" / case / "curves" / f"p{part}" / "fused.csv",
@@ -116,11 +117,11 @@ def test_every_plot_draws_offline_with_what_it_should_show(plots_repo):
         pareto, bits = page.plots[f"{case}_pareto"], page.plots[f"{case}_bits"]
         variants = {m["variant"]: m for kind, m in pareto.marks if kind == "point" and "variant" in m}
         assert set(variants) == {p["variant"] for p in d["points"]}  # this case's variants only, named
-        lowest = min(float(t.rstrip("%")) for t in pareto.axes["test accuracy"] if t)
+        lowest = min(float(t.rstrip("%")) for t in pareto.axes["deployed test accuracy"] if t)
         assert 85 <= lowest <= 90  # zoomed to the data (0.90-0.96), not from 0
-        rings = [(m["weights (KiB)"], m["test accuracy"]) for kind, m in pareto.marks if kind == "point" and "variant" not in m]
+        rings = [(m["artifact file (KiB)"], m["deployed test accuracy"]) for kind, m in pareto.marks if kind == "point" and "variant" not in m]
         front = [variants[v] for v in ("w4a4", "mp", "w8a8")]  # fp32 is beaten by w8a8
-        assert sorted(rings) == sorted((m["weights (KiB)"], m["test accuracy"]) for m in front)
+        assert sorted(rings) == sorted((m["artifact file (KiB)"], m["deployed test accuracy"]) for m in front)
         assert [kind for kind, _ in pareto.marks].count("line mark") == 1
         assert bits.axes["layer"] == [b["layer"] for b in d["bits"]]  # network order, not alphabetical
         curves = page.plots[f"metrics_{case}_curves_p0_fused_csv"]

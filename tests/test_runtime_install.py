@@ -127,5 +127,5 @@ def test_runtime_extra_alone_runs_the_benchmark(runtime_venv, artifact, tmp_path
     result = json.loads(run_in(runtime_venv, ["-m", "tinym2net.bench", str(path), str(test), json.dumps(settings)],
                                tmp_path))
     assert result["accuracy"] >= 0.99 and result["power"] == "not measured"
-    assert result["latency_ms"]["runs"] == 20 and result["size_bytes"] == path.stat().st_size
+    assert result["latency_ms"]["runs"] == 20 and result["file_bytes"] == path.stat().st_size
     assert result["host"]["threads"] == 1 and result["host"]["cpu"]

@@ -238,7 +238,7 @@ def run(artifact_path: Path, testset_path: Path, settings: dict) -> dict:
     else:
         power = NOT_MEASURED
     size = Path(artifact_path).stat().st_size
-    return {"variant": model.header.get("variant"), "size_bytes": size, "size_kib": round(size / 1024, 2),
+    return {"variant": model.header.get("variant"), "file_bytes": size, "file_kib": round(size / 1024, 2),
             "bits": model.header.get("bits"), "load_seconds": round(model.load_seconds, 4), "latency_ms": lat,
             "throughput_sps": round(tput, 1), "throughput_batch": settings["throughput_batch"],
             "peak_rss_mib": round(peak / 2 ** 20, 2), "model_rss_mib": round((loaded_rss - base_rss) / 2 ** 20, 2),

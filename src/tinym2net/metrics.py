@@ -104,3 +104,23 @@ def bootstrap(y_true: np.ndarray, preds: dict[str, np.ndarray], units: np.ndarra
                                                                else uar(y_true, preds[reference], n_classes)), 4)
                 out[name][k]["diff_ci"] = [round(float(np.percentile(diff, lo)), 4), round(float(np.percentile(diff, hi)), 4)]
     return out
+
+
+def headline(*, uar: dict | None = None, acc: dict | None = None, auc: dict | None = None,
+             kib: float | None = None, ms: float | None = None) -> dict:
+    """One row of `dvc metrics show`: the same few keys for every model, variant and artifact, so the table
+    stays narrow (a figure with `mean`/`std`/`ci` from the partitions, or `value`/`ci` from a bootstrap)."""
+    row = {}
+    for key, f in (("uar", uar), ("acc", acc), ("auc", auc)):
+        if not f or f.get("mean", f.get("value")) is None:
+            continue
+        row[key] = f.get("mean", f.get("value"))
+        if f.get("std") is not None:
+            row[f"{key}_std"] = f["std"]
+        if f.get("ci") and key != "auc":
+            row[f"{key}_lo"], row[f"{key}_hi"] = f["ci"]
+    if kib is not None:
+        row["kib"] = kib
+    if ms is not None:
+        row["ms"] = ms
+    return row

@@ -132,7 +132,7 @@ def log_result(tracking_uri: str, run_id: str, result: dict) -> None:
 
     client = MlflowClient(tracking_uri)
     lat, host, power = result["latency_ms"], result["host"], result["power"]
-    metrics = {"size_kib": result["size_kib"], "load_seconds": result["load_seconds"],
+    metrics = {"file_kib": result["file_kib"], "load_seconds": result["load_seconds"],
                "latency_p50_ms": lat["p50"], "latency_p95_ms": lat["p95"], "latency_p99_ms": lat["p99"],
                "throughput_sps": result["throughput_sps"], "peak_rss_mib": result["peak_rss_mib"],
                "model_rss_mib": result["model_rss_mib"], "accuracy": result["accuracy"]}

@@ -2,6 +2,7 @@
 (Tables 2-4), collapsed models and leaky splits said loudly, and figures from different data refused."""
 from __future__ import annotations
 
+from . import budget
 from .errors import DataError
 
 # Paper, Table 4 (accuracy %, size KB) and the unimodal baselines (accuracy %).
@@ -60,6 +61,7 @@ def case_section(case: str, files: dict[str, dict]) -> str:
     """The markdown section of one case."""
     evaluate, quantize = files[f"metrics/{case}/evaluate.json"], files[f"metrics/{case}/quantize.json"]
     export = files.get(f"metrics/{case}/export.json") or {}
+    bench = files.get(f"metrics/{case}/benchmark.json")
     paper = PAPER.get(case, {})
     proto = evaluate["protocol"]
     leak = " **LEAKY (" + ("the given split" if proto["strategy"] == "given" else "the paper's random split") + \
@@ -90,12 +92,14 @@ def case_section(case: str, files: dict[str, dict]) -> str:
         lines += ["", f"Per group ({next(iter(evaluate['models']))}): " + "; ".join(
             f"{g}: UAR {spread(f['uar'])}, accuracy {spread(f['accuracy'])}" for g, f in groups.items()) + "."]
     lines += ["", quantize_section(case, quantize, export, paper), ""]
+    if export:
+        lines += [budget.markdown(case, budget.rows(quantize, export, bench), quantize["spread"]), ""]
     return "\n".join(lines)
 
 
 def quantize_section(case: str, q: dict, export: dict, paper: dict) -> str:
     """Variants PTQ and QAT with their paired difference to FP32, the deployed accuracy, the ablation."""
-    deployed = export.get("variants", {})
+    deployed = {name: v.get("deployed", {}).get("accuracy") for name, v in export.get("variants", {}).items()}
     lines = [f"Quantized variants of partition {q['partition']}'s fused model ({q['test_samples']} test samples, "
              f"{q['test_units']} units; {q['spread']}). Deployed: the exported artifact's accuracy (export.json).", "",
              "| variant | PTQ accuracy % | PTQ vs FP32 (points) | QAT accuracy % | QAT vs FP32 (points) | deployed accuracy % "
@@ -103,9 +107,9 @@ def quantize_section(case: str, q: dict, export: dict, paper: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in q["variants"].items():
         p_acc, p_size = paper.get(name, (None, None))
-        dep = deployed.get(name, {}).get("accuracy")
+        dep = deployed.get(name)
         lines.append(f"| {LABELS.get(name, name)} | {boot(r['ptq']['accuracy'])} | {boot(r['ptq']['accuracy'], 'diff')} "
-                     f"| {boot(r['qat']['accuracy'])} | {boot(r['qat']['accuracy'], 'diff')} | {_pct(dep)} "
+                     f"| {boot(r['qat']['accuracy'])} | {boot(r['qat']['accuracy'], 'diff')} | {boot(dep)} "
                      f"| {boot(r['qat']['uar'])} | {r['weights_kib']:.1f} | {r['compression']:.1f}x | {r['bops_g']:.3g} "
                      f"| {p_acc if p_acc is not None else '-'} | {p_size if p_size is not None else '-'} |")
     lines += ["", verdict(q)]
@@ -122,9 +126,6 @@ def quantize_section(case: str, q: dict, export: dict, paper: dict) -> str:
     if sens:
         lines += ["", f"Sensitivity: Hutchinson {'converged' if sens['converged'] else '**did NOT converge**'} "
                       f"in {sens['iterations']} iterations."]
-    front = q.get("pareto") or []
-    lines += ["", "Pareto front of the QAT variants (weights KiB, accuracy %): " + ", ".join(
-        f"{p['variant']} ({p['weights_kib']:.1f}, {_pct(p['accuracy'])})" for p in front) + "."]
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -256,3 +257,42 @@ def child_run(parent, name: str):
     with mlflow.start_run(run_name=child_name(parent, name), nested=True, parent_run_id=parent.info.run_id,
                           tags=tags, description=note) as run:
         yield run
+
+
+def latest_stage_run(case: str, stage: str, root: Path = Path(".")):
+    """The most recent top-level run of `stage` for `case` (its parent run), or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(root))
+    experiment = client.get_experiment_by_name(f"tinym2net-{case}")
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}' and tags.case = '{case}'",
+                              order_by=["attributes.start_time DESC"], max_results=20)
+    return next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
+
+
+def log_budget(root: Path, case: str, rows: list[dict], files: list[Path], params: dict) -> str | None:
+    """The budget view on the case's latest quantize parent run: the table and plots as artifacts, each
+    deployed variant's figures as metrics (`<variant>.accuracy`, `.file_kib`, `.p50_ms`), the settings that
+    chose them as params, and the table in its description. Returns the run id (None without a run)."""
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    parent = latest_stage_run(case, "quantize", root)
+    if parent is None:
+        log.warning("no quantize run of %s in MLflow: the budget view is not logged there", case)
+        return None
+    client = mlflow.MlflowClient(tracking_uri(root))
+    run_id, now = parent.info.run_id, int(time.time() * 1000)
+    metrics = [Metric(f"{r['variant']}.{k}", float(r[k]), now, 0) for r in rows
+               for k in ("accuracy", "accuracy_lo", "accuracy_hi", "uar", "file_kib", "p50_ms") if r.get(k) is not None]
+    known = set(parent.data.params)
+    client.log_batch(run_id, metrics=metrics,
+                     params=[Param(k, str(v)) for k, v in params.items() if k not in known])
+    for path in files:
+        client.log_artifact(run_id, str(path), "budget")
+    table = Path(files[0]).read_text()
+    note = parent.data.tags.get(NOTE_TAG, "").split("\n\n### ")[0]
+    client.set_tag(run_id, NOTE_TAG, f"{note}\n\n{table}")
+    return run_id
