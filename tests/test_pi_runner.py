@@ -32,7 +32,8 @@ CFG = {"branches": {"a": {"padding": "same", "layers": [["conv", 4, 3], ["sepcon
        "head": [8], "dropout": 0.0}
 SHAPES = {"a": (1, 8, 8), "b": (2, 5, 4)}
 CLASSES = ["x", "y", "z"]
-FAST = {"warmup": 2, "runs": 20, "throughput_batch": 8, "throughput_runs": 2,
+FAST = {"warmup": 2, "runs": 20, "throughput_batch": 8, "throughput_runs": 2, "backend": "litert", "threads": 1,
+        "compare_rounds": 5, "compare_calls": 5,
         "power": {"idle_seconds": 0.3, "seconds": 0.3, "interval_seconds": 0.1}}
 
 
