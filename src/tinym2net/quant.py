@@ -4,8 +4,10 @@ Every quantizable layer (each `nn.Conv2d` and `nn.Linear`) quantizes its weights
 activation at one bit width. Weights: symmetric per output channel, integers in
 [-(2^(b-1)-1), 2^(b-1)-1], zero point 0. Activations: one range per layer observed on calibration
 batches; unsigned [0, 2^b-1] when every observed value is >= 0 (after ReLU), otherwise signed and
-symmetric (the network input, the pointwise input after a depthwise convolution). torch's
-fake-quantize ops supply the straight-through estimator, so the result can be fine-tuned (QAT).
+symmetric (the network input, the pointwise input after a depthwise convolution). Biases are
+int32 on the accumulator's scale (input scale x weight scale), as the integer kernels of the
+runtime add them. torch's fake-quantize ops supply the straight-through estimator, so the result
+can be fine-tuned (QAT).
 A width of 32 (`FLOAT_BITS`) in a bit allocation leaves the layer float: no quantization error.
 """
 from __future__ import annotations
@@ -55,6 +57,19 @@ def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     scale = weight_scale(weight, bits).to(weight.device)
     zero_point = torch.zeros_like(scale, dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -qmax, qmax)
+
+
+def fake_quant_bias(bias: torch.Tensor | None, act: "ActQuant", weight: torch.Tensor, bits: int):
+    """The bias as integer kernels add it: int32 on the accumulator's scale (input scale x weight scale
+    per output channel), straight-through for QAT; float while the input range is still observed, or
+    where the integers would leave int32 (as the runtime does then)."""
+    if bias is None or act.observing:
+        return bias
+    scale = act.scale * weight_scale(weight, bits).to(bias.device)  # (C_out,) float32
+    q = torch.round(bias.detach() / scale)
+    if q.abs().max() >= 2 ** 31 - 1:
+        return bias
+    return bias + (q * scale - bias).detach()
 
 
 class ActQuant(nn.Module):
@@ -131,7 +146,8 @@ class QConv2d(nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.act(x), fake_quant_weight(self.weight, self.bits), self.bias)
+        return self._conv_forward(self.act(x), fake_quant_weight(self.weight, self.bits),
+                                  fake_quant_bias(self.bias, self.act, self.weight, self.bits))
 
 
 class QLinear(nn.Linear):
@@ -146,7 +162,8 @@ class QLinear(nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.act(x), fake_quant_weight(self.weight, self.bits), self.bias)
+        return F.linear(self.act(x), fake_quant_weight(self.weight, self.bits),
+                        fake_quant_bias(self.bias, self.act, self.weight, self.bits))
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
