@@ -267,7 +267,7 @@ def latest_stage_run(case: str, stage: str, root: Path = Path(".")):
     experiment = client.get_experiment_by_name(f"tinym2net-{case}")
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}' and tags.case = '{case}'",
+    runs = client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}' and tags.`case` = '{case}'",
                               order_by=["attributes.start_time DESC"], max_results=20)
     return next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
 
