@@ -3,15 +3,19 @@
 covid: participants in Coswara's layout (`<date>/<id>/cough-heavy.wav`, `counting-normal.wav`,
 `<date>/<date>.csv`, `combined_data.csv`) at mixed sample rates. A positive participant shows
 the disease in the cough only (40%), in the speech only (40%) or in both (20%); 5% of negative
-participants show each sign by chance. So each modality alone misses about half of the
-positives, and only the two together find (nearly) all of them.
+participants show each sign by chance. The signs are faint (a wet cough's low rumble at a third of
+the burst's level, a hoarse voice's breath noise and pitch jitter) under random loudness, timbre and
+pitch, so each modality alone misses about half of the positives and low-bit quantization can blur
+what the fused model relies on.
 
-battlefield: H.264/AAC mp4 videos, several per class. The picture tells helicopter (sky, flying
-object) and tank (ground, vehicle) apart but draws bomb and gun from one identical process
-(smoke and flashes); the sound tells bomb (long booms) and gun (rapid clicks) apart but draws
-helicopter and tank from one identical engine-rumble process. In 10% of the frames smoke hides
-the picture and in 10% of the seconds noise drowns the sound, independently, so even the fused
-model cannot tell every second.
+battlefield: H.264/AAC mp4 videos, several per class. The picture tells helicopter (a rotorcraft in
+the sky) from tank (a tracked vehicle on the ground) only by a faint silhouette (2-8% contrast, under
+a 4-bit input quantizer's step) and draws bomb and gun from one process (smoke and flashes); the
+sound tells bomb (long booms) from gun (rapid shots) but draws helicopter and tank from one
+engine-rumble process. Traits such as loudness, engine pitch and tint are drawn anew every second,
+so no property of a whole video identifies its class. In 10% of the frames smoke hides the picture
+and in 10% of the seconds noise drowns the sound, independently, so even the fused model cannot
+tell every second.
 """
 from __future__ import annotations
 
