@@ -72,7 +72,7 @@ class XiConv(nn.Module):
         if self.skip is not None and skip is not None:
             x = g.add("add", [x, g.sequence(f"{prefix}.skip", self.skip, skip)], f"{prefix}.add")
         if self.pool is not None:
-            x = g.sequence(prefix, nn.Sequential(OrderedDict(pool=self.pool)), x)
+            x = g.module(f"{prefix}.pool", self.pool, x)
         x = g.sequence(f"{prefix}.main", self.main, x)
         if self.attention is not None:
             x = g.add("mul", [x, g.sequence(f"{prefix}.attention", self.attention, x)], f"{prefix}.mul")
