@@ -17,7 +17,11 @@ b-bit clamp of the fake quantizer costs nothing:
   k = label / s is folded into the weight-scale labels of the layers around it, which leaves every
   integer the kernels compute unchanged.
 
-Float (32-bit) layers run in float; QUANTIZE/DEQUANTIZE sit where precision changes. A quantized
+Float (32-bit) layers run in float; QUANTIZE/DEQUANTIZE sit where precision changes. The float ops
+(`graph.FLOAT_OPS`: ADD, MUL, LOGISTIC, HARD_SWISH, RELU6, AVERAGE_POOL_2D) run on true float values; a
+quantized layer reading a float tensor quantizes its own copy the way the network inputs are quantized.
+A relu6 after a layer is fused into it (RELU6 clamp); padding that is neither VALID nor SAME is a PAD
+(an int8 tensor padded with its zero point). A quantized
 layer whose output is not quantized again (the output layer) runs in float on its dequantized input
 with its dequantized weights: exactly the fake-quantized arithmetic.
 """

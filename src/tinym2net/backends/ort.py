@@ -5,7 +5,9 @@ DequantizeLinear around every quantized conv and linear layer (QLinearConv, QGem
 Activations are uint8 (signed ones with zero point 128) and clamped to their exact b-bit range by an
 integer Clip, so the integers the kernels see are the fake-quantized model's. Biases are int32 on the
 accumulator's scale (input scale x weight scale), as integer kernels require, so an output within half
-a bias step of a rounding boundary can land one level off. Float (32-bit) layers stay float.
+a bias step of a rounding boundary can land one level off. Float (32-bit) layers stay float, and so do
+the float ops (Add, Mul, Sigmoid, HardSwish, Clip for relu6, AveragePool); a quantized layer reading a
+float tensor quantizes (QDQ) its own copy.
 """
 from __future__ import annotations
 
