@@ -72,9 +72,13 @@ class Branch(nn.Module):
                       and 0 in (m.in_channels, m.out_channels)), None)
         if empty is not None:
             raise ParamsError(f"params.yaml: {key}: layer {empty} has no channels (widen alpha)")
+        # The output shape from one zero sample. A dscnn branch probes in train mode, as it always has: its
+        # dropout draws from the RNG and its BatchNorm statistics take this batch, which the default
+        # results depend on; a backbone probes in eval mode (BatchNorm cannot train on one 1x1 map).
+        self.features.train(spec.get("type", "dscnn") == "dscnn")
         try:
             with torch.no_grad():
-                out = self.features.eval()(torch.zeros(1, *in_shape))  # eval: BatchNorm on one 1x1 sample
+                out = self.features(torch.zeros(1, *in_shape))
         except RuntimeError:  # a kernel or pool larger than what reaches it
             out = torch.zeros(0)
         self.features.train()
