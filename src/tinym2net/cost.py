@@ -30,12 +30,10 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from . import graph
-from .bitpack import FLOAT_BITS, packed_nbytes
+from .bitpack import FLOAT_BITS, FLOAT_BYTES, activation_bytes, packed_nbytes, weight_bytes
 
-FLOAT_BYTES = 4
 TM2_FRAMING_BYTES = 4 + 2 + 2 + 4 + 8 + 4  # magic, version, reserved, header_len, payload_len ... crc32
 IN_PLACE = ("relu", "relu6", "flatten")      # a node that may overwrite its only reader's input
 STORAGES = ("packed", "int8")
@@ -47,20 +45,6 @@ def _act(k: int, bits: int) -> dict:
     (float(float32): 17-20 characters, distinct per layer, so it compresses like the real ones)."""
     scale = float(np.float32(np.random.default_rng(k).uniform(0.001, 0.1)))
     return {"bits": bits, "scale": scale, "zero_point": 0, "signed": False}
-
-
-def activation_bytes(elems: int, bits: int, storage: str = "packed") -> int:
-    """Bytes of a buffer of `elems` values stored at `bits` (FLOAT_BITS: float32)."""
-    if bits == FLOAT_BITS or bits > 8:
-        return FLOAT_BYTES * elems if bits == FLOAT_BITS else packed_nbytes(elems, bits)
-    return elems if storage == "int8" else packed_nbytes(elems, bits)
-
-
-def weight_bytes(params: int, out_channels: int, bias: int, bits: int) -> int:
-    """Bytes a layer's tensors take in the `.tm2` payload at `bits`."""
-    if bits == FLOAT_BITS:
-        return FLOAT_BYTES * (params + bias)
-    return packed_nbytes(params, bits) + FLOAT_BYTES * (out_channels + bias)
 
 
 @dataclass
@@ -239,7 +223,7 @@ def _readers(nodes: list[dict]) -> dict[str, str]:
     return {t: act["layer"] for t, act in points.items()}
 
 
-def analyse(model: torch.nn.Module, input_shapes: dict[str, tuple], case: str | None = None,
+def analyse(model, input_shapes: dict[str, tuple], case: str | None = None,
             variant: str | None = None, classes: list[str] | None = None) -> Costs:
     """The cost model of a (float or fake-quantized) TinyM2Net, from its export graph (`case`, `variant`
     and `classes` only change the measured header by their names)."""
