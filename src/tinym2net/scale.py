@@ -162,15 +162,15 @@ def solve(inst: Instance, profile, capacity: str = "params", weight: float = 1.0
     z, y, h = {}, {}, {}
     for m, cs in inst.cands.items():
         for i, c in enumerate(cs):
-            z[m, i] = pulp.LpVariable(f"z_{len(z)}", cat=pulp.LpBinary)
+            z[m, i] = prob.add_variable(f"z_{len(z)}", cat=pulp.LpBinary)
             for l in inst.branch_layers(c):
                 for b in W:
-                    y[m, i, l.name, b] = pulp.LpVariable(f"y_{len(y)}", cat=pulp.LpBinary)
+                    y[m, i, l.name, b] = prob.add_variable(f"y_{len(y)}", cat=pulp.LpBinary)
                 prob += pulp.lpSum(y[m, i, l.name, b] for b in W) == z[m, i]
         prob += pulp.lpSum(z[m, i] for i in range(len(cs))) == 1
     for l in inst.head:
         for b in W:
-            h[l.name, b] = pulp.LpVariable(f"h_{len(h)}", cat=pulp.LpBinary)
+            h[l.name, b] = prob.add_variable(f"h_{len(h)}", cat=pulp.LpBinary)
         prob += pulp.lpSum(h[l.name, b] for b in W) == 1
 
     def var(m, i, layer, b):
@@ -230,7 +230,7 @@ def solve(inst: Instance, profile, capacity: str = "params", weight: float = 1.0
         for k, (node, expr) in enumerate(rams):
             prob += expr * (1.0 / profile.ram_bytes) <= 1.0 + 1e-12, f"ram_{k}"
     elif minimise == "ram":
-        peak = pulp.LpVariable("peak", lowBound=0)
+        peak = prob.add_variable("peak", lowBound=0)
         for k, (node, expr) in enumerate(rams):
             prob += expr - peak <= 0, f"ram_{k}"
         prob += peak
@@ -250,8 +250,9 @@ def solve(inst: Instance, profile, capacity: str = "params", weight: float = 1.0
             bits[l.name] = next(b for b in W if (y[m, i, l.name, b].value() or 0) > 0.5)
     for l in inst.head:
         bits[l.name] = next(b for b in W if (h[l.name, b].value() or 0) > 0.5)
-    return {"status": status, "chosen": chosen, "bits": bits, "objective": pulp.value(prob.objective) / OBJECTIVE_SCALE
-            if minimise is None else pulp.value(prob.objective), "seconds": seconds}
+    return {"status": status, "chosen": chosen, "bits": bits, "seconds": seconds,
+            # capacity - weight x perturbation (maximised), or the minimised quantity
+            "objective": -pulp.value(prob.objective) / OBJECTIVE_SCALE if minimise is None else pulp.value(prob.objective)}
 
 
 def choose(inst: Instance, profile, capacity: str = "params", weight: float = 1.0, what: str = "") -> dict:
