@@ -84,6 +84,11 @@ def case_section(case: str, files: dict[str, dict]) -> str:
         if has_auc:
             row += f" {spread(m.get('roc_auc'))} | {spread(m['subject'].get('uar'))} | {spread(m['subject'].get('roc_auc'))} |"
         lines.append(row + f" {m['params']:,} | {p if p is not None else '-'} |")
+    costs = {name: m["fp32_cost"] for name, m in evaluate["models"].items() if m.get("fp32_cost")}
+    if costs:
+        lines += ["", "FP32 cost on a device (cost model: `.tm2` Flash, peak activation RAM, MACs): " + "; ".join(
+            f"{name} {_kib(c['flash_bytes'])} KiB, {_kib(c['peak_ram_bytes'])} KiB, {c['macs'] / 1e6:.2f} M"
+            for name, c in costs.items()) + "."]
     if evaluate.get("gain"):
         lines += ["", "Gain of the fused model (points, per partition, then summarized): " + "; ".join(
             f"over {m}: UAR {spread(g['uar'])}, accuracy {spread(g['accuracy'])}" for m, g in evaluate["gain"].items()) + "."]
