@@ -76,13 +76,24 @@ def _pads(conv: nn.Conv2d) -> list[int]:
 
 
 class _Graph:
-    """Collects artifact nodes and tensors while the model is walked."""
+    """Collects artifact nodes and tensors while the model is walked.
 
-    def __init__(self):
+    Sequentials are walked leaf by leaf; a module with an `emit(g, name, x)` method (a residual block, a
+    XiNet block) writes its own dataflow with `add`, `layer` and `sequence`."""
+
+    def __init__(self, input_shapes: dict[int, list[int]] | None = None):
         self.nodes: list[dict] = []
         self.tensors: dict[str, tuple[np.ndarray, str]] = {}
+        self.input_shapes = input_shapes or {}
+        self.pending_pad: list[int] | None = None  # a ZeroPad2d's [top, left, bottom, right], for the next conv
+
+    def input_shape(self, module: nn.Module) -> list[int]:
+        """The per-sample (C, H, W) `module` reads (recorded by a forward pass before the walk)."""
+        return self.input_shapes[id(module)]
 
     def add(self, op: str, inputs: list[str], output: str, **fields) -> str:
+        if self.pending_pad is not None:
+            raise ModelFileError(f"layer {output}: zero padding must be followed by a convolution to export")
         self.nodes.append({"op": op, "inputs": inputs, "output": output, **fields})
         return output
 
@@ -111,44 +122,83 @@ class _Graph:
         if isinstance(module, nn.Conv2d):
             if module.padding_mode != "zeros":
                 raise ModelFileError(f"layer {name}: padding mode {module.padding_mode!r} cannot be exported")
-            fields.update(kernel=list(module.kernel_size), stride=list(module.stride), pads=_pads(module),
+            pads = _pads(module)
+            if self.pending_pad is not None:  # a ZeroPad2d before the conv: its zeros join the conv's padding
+                pads, self.pending_pad = [p + q for p, q in zip(pads, self.pending_pad)], None
+            fields.update(kernel=list(module.kernel_size), stride=list(module.stride), pads=pads,
                           dilation=list(module.dilation), group=module.groups)
             return self.add("conv", [x], name, **fields)
         return self.add("linear", [x], name, **fields)
 
+    def module(self, name: str, child: nn.Module, x: str) -> str:
+        """One module of the network applied to tensor `x`; returns its output tensor's name."""
+        if hasattr(child, "emit"):
+            return child.emit(self, name, x)
+        if isinstance(child, nn.Sequential):
+            return self.sequence(name, child, x)
+        if isinstance(child, (nn.Conv2d, nn.Linear)):
+            return self.layer(name, child, x)
+        if isinstance(child, nn.ReLU):
+            return self.add("relu", [x], name)
+        if isinstance(child, nn.ReLU6):
+            return self.add("relu6", [x], name)
+        if isinstance(child, nn.Hardswish):
+            return self.add("hardswish", [x], name)
+        if isinstance(child, nn.Sigmoid):
+            return self.add("sigmoid", [x], name)
+        if isinstance(child, nn.SiLU):  # x * sigmoid(x)
+            return self.add("mul", [x, self.add("sigmoid", [x], f"{name}.sigmoid")], name)
+        if isinstance(child, (nn.MaxPool2d, nn.AvgPool2d)):
+            k, s = child.kernel_size, child.stride or child.kernel_size
+            k, s = ([k, k] if isinstance(k, int) else list(k)), ([s, s] if isinstance(s, int) else list(s))
+            p = child.padding if isinstance(child.padding, int) else None
+            if p or getattr(child, "dilation", 1) not in (1, (1, 1)) or child.ceil_mode:
+                raise ModelFileError(f"layer {name}: only unpadded, undilated floor-mode pooling exports")
+            op = "maxpool" if isinstance(child, nn.MaxPool2d) else "avgpool"
+            return self.add(op, [x], name, kernel=k, stride=s, pads=[0] * 4)
+        if isinstance(child, nn.ZeroPad2d):
+            left, right, top, bottom = child.padding
+            self.pending_pad = [top, left, bottom, right]
+            return x
+        if isinstance(child, (nn.Dropout, nn.Dropout2d, nn.Identity)):
+            return x  # inference: no-ops
+        raise ModelFileError(f"layer {name}: {type(child).__name__} cannot be exported (fold BatchNorm first; "
+                             f"supported: Conv2d, Linear, ReLU, ReLU6, Hardswish, Sigmoid, SiLU, MaxPool2d, "
+                             f"AvgPool2d, ZeroPad2d before a Conv2d)")
+
     def sequence(self, prefix: str, seq: nn.Module, x: str) -> str:
-        """Every leaf of a Sequential (recursively), in order."""
+        """Every child of a Sequential (recursively), in order."""
         for child_name, child in seq.named_children():
-            name = f"{prefix}.{child_name}"
-            if isinstance(child, nn.Sequential):
-                x = self.sequence(name, child, x)
-            elif isinstance(child, (nn.Conv2d, nn.Linear)):
-                x = self.layer(name, child, x)
-            elif isinstance(child, nn.ReLU):
-                x = self.add("relu", [x], name)
-            elif isinstance(child, nn.MaxPool2d):
-                k, s = child.kernel_size, child.stride or child.kernel_size
-                k, s = ([k, k] if isinstance(k, int) else list(k)), ([s, s] if isinstance(s, int) else list(s))
-                p = child.padding if isinstance(child.padding, int) else None
-                if p is None or child.dilation not in (1, (1, 1)) or child.ceil_mode:
-                    raise ModelFileError(f"layer {name}: only unpadded, undilated floor-mode max pooling exports")
-                x = self.add("maxpool", [x], name, kernel=k, stride=s, pads=[p] * 4)
-            elif isinstance(child, (nn.Dropout, nn.Identity)):
-                continue  # inference: no-ops
-            else:
-                raise ModelFileError(f"layer {name}: {type(child).__name__} cannot be exported "
-                                     f"(fold BatchNorm first; supported: Conv2d, Linear, ReLU, MaxPool2d)")
+            x = self.module(f"{prefix}.{child_name}", child, x)
         return x
+
+
+def _input_shapes(model: TinyM2Net, input_shapes: dict[str, tuple]) -> dict[int, list[int]]:
+    """id(module) -> the per-sample shape of its first input, from one forward pass on zeros."""
+    seen: dict[int, list[int]] = {}
+
+    def record(module, args, out):
+        if args and isinstance(args[0], torch.Tensor):
+            seen[id(module)] = list(args[0].shape[1:])
+
+    handles = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model({m: torch.zeros(1, *input_shapes[m]) for m in model.modalities})
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def to_artifact(model: TinyM2Net, meta: dict) -> tuple[dict, dict[str, tuple[np.ndarray, str]]]:
     """The artifact header and tensors of `model` (BN-folded or fake-quantized, eval mode)."""
     model = fold_batchnorm(_copy(model)).eval()
-    g = _Graph()
+    g = _Graph(_input_shapes(model, meta["input_shapes"]))
     ends = []
     for m in model.modalities:
         branch = model.branches[m]
-        x = g.sequence(f"branches.{m}.features", branch.features, m)
+        x = g.module(f"branches.{m}.features", branch.features, m)
         with torch.no_grad():
             shape = branch.features(torch.zeros(1, *meta["input_shapes"][m])).shape[1:]  # (C, H, W)
         x = g.add("flatten", [x], f"branches.{m}.flatten", shape=list(shape))

@@ -1,8 +1,12 @@
 """The network of a `.tm2` header as the backends see it: where activations are quantized, who reads what.
 
-A quantized layer's input quantizer is moved back through the relu/maxpool/flatten/concat ops that
-produce its input (they commute with a monotone quantizer), so every tensor on that path is stored as
-integers and the layer that starts the path writes them directly (its relu fused into it).
+Every quantized layer quantizes its own input with its activation quantizer (`act`), as the fake-quantized
+model does; every other op reads the float tensor. A tensor is *stored* as integers when every reader
+quantizes it the same way: a quantized layer's input quantizer is moved back through the relu/maxpool/
+flatten/concat ops that produce its input (they commute with a monotone quantizer), so the layer that
+starts the path writes integers directly (its relu or relu6 fused into it). A tensor also read by an op
+that needs the float value (add, mul, sigmoid, hardswish, avgpool, relu6), or by layers with different
+quantizers, stays float; each quantized layer reading it quantizes its own copy (`own_quantizers`).
 """
 from __future__ import annotations
 
@@ -19,28 +23,49 @@ def consumers(nodes: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+FLOAT_OPS = ("add", "mul", "sigmoid", "hardswish", "relu6", "avgpool")  # computed on float values
+ACTIVATIONS = ("relu", "relu6")  # fused into the layer before them when their output is stored quantized
+
+
 def quant_points(nodes: list[dict]) -> tuple[dict[str, dict], set[str]]:
-    """Tensor -> the activation quantizer (`act` of the layer that reads it) to apply right after it is
-    produced, and the tensors that feed a quantized layer directly."""
+    """Tensor -> the activation quantizer (`act` of the layers that read it) it is stored with, and the
+    stored tensors that feed a quantized layer directly."""
     producer = {n["output"]: n for n in nodes}
+    readers = consumers(nodes)
+    memo: dict[str, dict | None] = {}
+
+    def demand(tensor: str) -> dict | None:
+        """The one quantizer every reader of `tensor` applies to it (through PASS ops), or None."""
+        if tensor not in memo:
+            acts = []
+            for r in readers.get(tensor, []):
+                if r["op"] in LAYERS:
+                    acts.append(r.get("act"))
+                elif r["op"] in PASS:
+                    acts.append(demand(r["output"]))
+                else:
+                    acts.append(None)
+            memo[tensor] = acts[0] if acts and acts[0] and all(a == acts[0] for a in acts) else None
+        return memo[tensor]
+
     points: dict[str, dict] = {}
-    ends: set[str] = set()
-    for node in nodes:
-        act = node.get("act") if node["op"] in LAYERS else None
-        if not act:
+    for tensor in {i for n in nodes for i in n["inputs"]}:
+        act = demand(tensor)
+        if act is None:
             continue
-        ends.add(node["inputs"][0])
-        stack = [node["inputs"][0]]
-        while stack:
-            tensor = stack.pop()
-            points[tensor] = act
-            prev = producer.get(tensor)
-            if prev is None or prev["op"] not in PASS:
-                continue
-            if prev["op"] == "relu" and (producer.get(prev["inputs"][0]) or {}).get("op") in LAYERS:
-                continue  # layer -> relu -> quantizer: the relu is fused into the layer
-            stack.extend(prev["inputs"])
+        prev = producer.get(tensor)
+        after = readers.get(tensor, [])
+        if prev is not None and prev["op"] in LAYERS and len(after) == 1 and after[0]["op"] in ACTIVATIONS:
+            continue  # layer -> relu -> quantizer: the relu is fused into the layer, which writes the relu's output
+        points[tensor] = act
+    ends = {n["inputs"][0] for n in nodes if n["op"] in LAYERS and n.get("act") and n["inputs"][0] in points}
     return points, ends
+
+
+def own_quantizers(nodes: list[dict]) -> set[str]:
+    """Quantized layers whose input is not stored as integers: they quantize a float tensor themselves."""
+    points, _ = quant_points(nodes)
+    return {n["name"] for n in nodes if n["op"] in LAYERS and n.get("act") and n["inputs"][0] not in points}
 
 
 def producers(nodes: list[dict]) -> dict[str, list[str]]:
@@ -88,7 +113,7 @@ def shapes(header: dict, tensors: dict) -> dict[str, list[int]]:
             out[n["output"]] = [len(tensors[n["weight"]])] + [
                 (x[1 + i] + pads[i] + pads[i + 2] - n["dilation"][i] * (n["kernel"][i] - 1) - 1) // n["stride"][i] + 1
                 for i in range(2)]
-        elif op == "maxpool":
+        elif op in ("maxpool", "avgpool"):
             out[n["output"]] = [x[0]] + [(x[1 + i] + 2 * n["pads"][i] - n["kernel"][i]) // n["stride"][i] + 1
                                          for i in range(2)]
         elif op == "flatten":

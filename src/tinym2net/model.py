@@ -1,11 +1,14 @@
 """The TinyM2Net network: one CNN branch per modality, concatenated, then a dense head.
 
-Built from params.yaml (`train.<case>.branches` and `head`), never hard-coded per case:
-- `[conv, filters, kernel]`: Conv2d + BatchNorm + ReLU (the paper's first layer);
-- `[sepconv, filters, kernel]`: depthwise kxk (groups = channels) then pointwise 1x1, + ReLU;
-- `[maxpool, size]`: MaxPool2d + dropout.
-Each branch ends in flatten -> Dense + ReLU + dropout. A branch's `padding` (`valid` or `same`)
-applies to all its convolutions; the defaults reproduce the paper's flatten sizes.
+Built from params.yaml (`train.<case>.branches` and `head`), never hard-coded per case. A branch's
+`type` picks its feature extractor:
+- `dscnn` (default, the paper's): a list of layers, `[conv, filters, kernel]` (Conv2d + BatchNorm +
+  ReLU), `[sepconv, filters, kernel]` (depthwise kxk then pointwise 1x1, + ReLU), `[maxpool, size]`
+  (MaxPool2d + dropout); its `padding` (`valid` or `same`) applies to all its convolutions, and the
+  defaults reproduce the paper's flatten sizes;
+- `phinet` (phinet.py) and `xinet` (xinet.py): the backbones from their hyperparameters.
+Every branch ends in flatten -> Dense + ReLU + dropout (flatten, not global pooling: the time axis of an
+MFCC keeps its order, as in the paper's branches).
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import torch
 from torch import nn
 
 from .errors import ParamsError
+from .phinet import phinet
+from .xinet import xinet
 
 
 def _block(kind: str, args: list, channels: int, padding: str, dropout: float, key: str):
@@ -35,25 +40,44 @@ def _block(kind: str, args: list, channels: int, padding: str, dropout: float, k
     raise ParamsError(f"params.yaml: {key}: unknown layer type {kind!r} (choose from conv, maxpool, sepconv)")
 
 
+def features(spec: dict, in_shape: tuple[int, int, int], dropout: float, key: str) -> nn.Module:
+    """The feature extractor of a branch spec: (B, C, H, W) -> (B, C', H', W')."""
+    kind = spec.get("type", "dscnn")
+    if kind == "phinet":
+        return phinet(in_shape, spec["alpha"], spec["beta"], spec["t0"], spec["num_layers"],
+                      spec["downsampling_layers"], spec.get("squeeze_excite", False), spec.get("h_swish", False))[0]
+    if kind == "xinet":
+        return xinet(in_shape, spec["alpha"], spec["gamma"], spec["num_layers"], spec.get("base_filters", 16),
+                     spec.get("attention", False), spec.get("activation", "relu6"))[0]
+    if kind != "dscnn":
+        raise ParamsError(f"params.yaml: {key}.type: unknown branch type {kind!r} (choose from dscnn, phinet, xinet)")
+    padding = spec.get("padding", "valid")
+    if padding not in ("valid", "same"):
+        raise ParamsError(f"params.yaml: {key}.padding must be valid or same (got {padding!r})")
+    blocks, channels = OrderedDict(), in_shape[0]
+    for i, entry in enumerate(spec["layers"], 1):
+        layer, *args = entry
+        block, channels = _block(layer, args, channels, padding, dropout, f"{key}.layers[{i - 1}]")
+        blocks[f"{layer}{i}"] = block
+    return nn.Sequential(blocks)
+
+
 class Branch(nn.Module):
     """Convolutional feature extractor of one modality: (B, C, H, W) -> (B, dense)."""
 
     def __init__(self, spec: dict, in_shape: tuple[int, int, int], dropout: float, key: str):
         super().__init__()
-        padding = spec.get("padding", "valid")
-        if padding not in ("valid", "same"):
-            raise ParamsError(f"params.yaml: {key}.padding must be valid or same (got {padding!r})")
-        blocks, channels = OrderedDict(), in_shape[0]
-        for i, entry in enumerate(spec["layers"], 1):
-            kind, *args = entry
-            block, channels = _block(kind, args, channels, padding, dropout, f"{key}.layers[{i - 1}]")
-            blocks[f"{kind}{i}"] = block
-        self.features = nn.Sequential(blocks)
+        self.features = features(spec, in_shape, dropout, key)
+        empty = next((n for n, m in self.features.named_modules() if isinstance(m, nn.Conv2d)
+                      and 0 in (m.in_channels, m.out_channels)), None)
+        if empty is not None:
+            raise ParamsError(f"params.yaml: {key}: layer {empty} has no channels (widen alpha)")
         try:
             with torch.no_grad():
-                out = self.features(torch.zeros(1, *in_shape))
+                out = self.features.eval()(torch.zeros(1, *in_shape))  # eval: BatchNorm on one 1x1 sample
         except RuntimeError:  # a kernel or pool larger than what reaches it
             out = torch.zeros(0)
+        self.features.train()
         if out.numel() == 0:
             raise ParamsError(f"params.yaml: {key}: the layers shrink an input of {tuple(in_shape)} to nothing")
         self.flatten_size = out.numel()

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from .errors import ParamsError
 from .ids import SAFE_ID
@@ -275,10 +275,61 @@ def _sub(model: type[BaseModel], raw: dict, *prefix):
 Layer = Union[tuple[Literal["conv", "sepconv"], PosInt, PosInt], tuple[Literal["maxpool"], PosInt]]
 
 
-class Branch(Schema):
+class Dscnn(Schema):
+    """The paper's branch: a list of conv / sepconv / maxpool layers."""
+    type: Literal["dscnn"] = "dscnn"
     padding: Literal["valid", "same"]
     layers: list[Layer] = Field(min_length=1)
     dense: PosInt
+
+
+class Phinet(Schema):
+    """A PhiNet backbone (phinet.py): width alpha, expansion t0 growing to beta t0, num_layers blocks."""
+    type: Literal["phinet"]
+    alpha: PosFloat
+    beta: PosFloat
+    t0: PosFloat
+    num_layers: Annotated[int, Field(ge=3, strict=True)]
+    downsampling_layers: list[PosInt]
+    squeeze_excite: bool = False
+    h_swish: bool = False
+    dense: PosInt
+
+    @field_validator("downsampling_layers")
+    @classmethod
+    def _downsampling(cls, v, info):
+        n = info.data.get("num_layers", 0)
+        bad = [b for b in v if not 4 <= b <= n]
+        if bad:
+            raise ValueError(f"block {bad[0]} is not one of blocks 4..num_layers ({n}); the stem and blocks 1 "
+                             f"and 3 always downsample")
+        return v
+
+
+class Xinet(Schema):
+    """A XiNet backbone (xinet.py): width alpha, compression gamma, num_layers filter widths."""
+    type: Literal["xinet"]
+    alpha: PosFloat
+    gamma: PosInt
+    num_layers: Annotated[int, Field(ge=3, strict=True)]
+    base_filters: PosInt = 16
+    attention: bool = False
+    activation: Literal["relu6", "silu"] = "relu6"
+    dense: PosInt
+
+
+BRANCH_TYPES = ("dscnn", "phinet", "xinet")
+
+
+def _branch_type(value) -> str:
+    """The branch's `type` (dscnn when absent), for the tagged union."""
+    return value.get("type", "dscnn") if isinstance(value, dict) else getattr(value, "type", "dscnn")
+
+
+Branch = Annotated[Union[Annotated[Dscnn, Tag("dscnn")], Annotated[Phinet, Tag("phinet")],
+                         Annotated[Xinet, Tag("xinet")]],
+                   Discriminator(_branch_type, custom_error_type="branch_type",
+                                 custom_error_message=f"type must be one of {', '.join(BRANCH_TYPES)}")]
 
 
 class Train(Schema):
@@ -593,7 +644,7 @@ def _key(loc) -> str:
     for part in loc:
         if isinstance(part, int):
             parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
-        elif part in ("DemoAudio", "DemoVideo", "mfcc", "image", "Coswara", "Manifest", "Folder", "Youtube") \
+        elif part in ("DemoAudio", "DemoVideo", "mfcc", "image", "Coswara", "Manifest", "Folder", "Youtube", *BRANCH_TYPES) \
                 or part.startswith(("tuple[", "function-", "constrained-", "literal[", "list[", "dict[")):
             continue
         else:

@@ -6,7 +6,8 @@ Layout (little-endian):
     | header: zlib-compressed JSON | payload: the tensors, back to back | crc32 u32 of all before it
 
 The header describes the network as a list of nodes (`conv`, `linear`, `relu`, `maxpool`,
-`flatten`, `concat`), the inputs (modality -> C, H, W) and every tensor of the payload (dtype,
+`flatten`, `concat`; for the PhiNet/XiNet backbones also `add`, `mul`, `sigmoid`, `hardswish`,
+`relu6`, `avgpool`), the inputs (modality -> C, H, W) and every tensor of the payload (dtype,
 shape, offset, size). Quantized weights are signed integers bit-packed at their layer's width
 (`intB`, `bitpack.py`), with a float32 scale per output channel and zero points 0; biases and
 float (32-bit) layers are float32; a layer's input-activation scale, zero point and signedness are

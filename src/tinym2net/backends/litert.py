@@ -17,7 +17,11 @@ b-bit clamp of the fake quantizer costs nothing:
   k = label / s is folded into the weight-scale labels of the layers around it, which leaves every
   integer the kernels compute unchanged.
 
-Float (32-bit) layers run in float; QUANTIZE/DEQUANTIZE sit where precision changes. A quantized
+Float (32-bit) layers run in float; QUANTIZE/DEQUANTIZE sit where precision changes. The float ops
+(`graph.FLOAT_OPS`: ADD, MUL, LOGISTIC, HARD_SWISH, RELU6, AVERAGE_POOL_2D) run on true float values; a
+quantized layer reading a float tensor quantizes its own copy the way the network inputs are quantized.
+A relu6 after a layer is fused into it (RELU6 clamp); padding that is neither VALID nor SAME is a PAD
+(an int8 tensor padded with its zero point). A quantized
 layer whose output is not quantized again (the output layer) runs in float on its dequantized input
 with its dequantized weights: exactly the fake-quantized arithmetic.
 """
@@ -167,12 +171,14 @@ def build(artifact: Artifact) -> bytes:
     points = {k: _Int8(v) for k, v in raw_points.items()}
     permuted = graph.nhwc_flattens(nodes)
     readers = graph.consumers(nodes)
-    fused = {}  # relu node output -> the layer whose output it is (relu fused into the layer)
+    fused = {}  # relu/relu6 node output -> its op (the activation is fused into the layer before it)
     for n in nodes:
         if n["op"] in graph.LAYERS and n["output"] not in points and n["output"] != h["output"]:
             after = readers.get(n["output"], [])
-            if len(after) == 1 and after[0]["op"] == "relu":
-                fused[after[0]["output"]] = n
+            if len(after) == 1 and after[0]["op"] in graph.ACTIVATIONS:
+                q = points.get(after[0]["output"])
+                if after[0]["op"] == "relu" or q is None or not q.signed:  # relu6 clamps at 6 only unsigned
+                    fused[after[0]["output"]] = after[0]["op"]
     skip = {id(r) for n in nodes for r in readers.get(n["output"], []) if r["output"] in fused}
     w = _Writer()
     vals: dict[str, tuple[int, _Int8 | None, list[int]]] = {}  # tensor -> (index, int8 storage or None, shape)
@@ -190,6 +196,29 @@ def build(artifact: Artifact) -> bytes:
         out = new(f"{tensor}/float", shape, None)
         w.op("DEQUANTIZE", [idx], [out], version=2)
         return out, q.k
+
+    def true_float(tensor: str) -> int:
+        """A float tensor of `tensor`'s true values (an int8 one dequantized and, if relabelled, rescaled)."""
+        idx, k = as_float(tensor)
+        if k == 1.0:
+            return idx
+        out = new(f"{tensor}/true", vals[tensor][2], None)
+        w.op("MUL", [idx, w.tensor(f"{tensor}/1_k", [], "float32", np.array(1.0 / k, np.float32))], [out],
+             "MulOptions", fusedActivationFunction=act_fn.NONE)
+        return out
+
+    def quantize(name: str, x: int, shape: list[int], q: _Int8) -> int:
+        """int8 storage `q` of the float tensor `x`: clamp(round(x / s)) = QUANTIZE(clamp(x * k, -1, 1)) signed,
+        QUANTIZE(relu(x)) unsigned (int8 saturation is the upper clamp)."""
+        clamped = new(f"{name}/clamped", shape, None)
+        if q.signed:
+            w.op("MUL", [x, w.tensor(f"{name}/k", [], "float32", np.array(q.k, np.float32))], [clamped],
+                 "MulOptions", fusedActivationFunction=act_fn.RELU_N1_TO_1)
+        else:
+            w.op("RELU", [x], [clamped])
+        y = new(f"{name}/q", shape, q)
+        w.op("QUANTIZE", [clamped], [y], version=2)
+        return y
 
     inputs = {}
     for m, shape in h["inputs"].items():
@@ -213,16 +242,8 @@ def build(artifact: Artifact) -> bytes:
             x, shape = y, nhwc
         else:
             shape = [1, *shape]
-        if q is not None:  # the input quantizer: clamp(round(x / s)) = QUANTIZE(clamp(x * k, -1, 1)) signed
-            clamped = new(f"{m}/clamped", shape, None)
-            if q.signed:
-                w.op("MUL", [x, w.tensor(f"{m}/k", [], "float32", np.array(q.k, np.float32))], [clamped],
-                     "MulOptions", fusedActivationFunction=act_fn.RELU_N1_TO_1)
-            else:
-                w.op("RELU", [x], [clamped])
-            y = new(f"{m}/q", shape, q)
-            w.op("QUANTIZE", [clamped], [y], version=2)
-            x = y
+        if q is not None:  # the input quantizer
+            x = quantize(m, x, shape, q)
         vals[m] = (x, q, shape)
     for node in nodes:
         if id(node) in skip:
@@ -231,10 +252,35 @@ def build(artifact: Artifact) -> bytes:
         if op in graph.LAYERS:
             relu_out = next((r["output"] for r in readers.get(node["output"], []) if r["output"] in fused), None)
             out_name = relu_out or node["output"]
-            _layer(w, fb, act_fn, node, out_name, relu_out is not None, vals, points, t, permuted, as_float, new,
+            source = node["inputs"][0]
+            if node.get("act") and vals[source][1] is None:  # a float tensor: the layer quantizes its own copy
+                own = f"{source}@{node['name']}"
+                q = _Int8(node["act"])
+                vals[own] = (quantize(own, true_float(source), vals[source][2], q), q, vals[source][2])
+                node = {**node, "inputs": [own]}
+            _layer(w, fb, act_fn, node, out_name, fused.get(relu_out), vals, points, t, permuted, as_float, new,
                    artifact.path)
             continue
         (x, xq, shape), out_name = vals[node["inputs"][0]], node["output"]
+        if op in graph.FLOAT_OPS:  # on true float values; quantized after if a layer reads it stored
+            ins = [true_float(i) for i in node["inputs"]]
+            oshape = shape
+            if op == "avgpool":
+                (kh, kw), (sh, sw) = node["kernel"], node["stride"]
+                oshape = [1, (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1, shape[3]]
+            out = new(out_name if out_name not in points else f"{out_name}/float", oshape, None)
+            if op == "add":
+                w.op("ADD", ins, [out], "AddOptions", fusedActivationFunction=act_fn.NONE)
+            elif op == "mul":
+                w.op("MUL", ins, [out], "MulOptions", fusedActivationFunction=act_fn.NONE)
+            elif op == "avgpool":
+                w.op("AVERAGE_POOL_2D", ins, [out], "Pool2DOptions", padding=fb.Padding.VALID, strideW=sw,
+                     strideH=sh, filterWidth=kw, filterHeight=kh, fusedActivationFunction=act_fn.NONE)
+            else:
+                w.op({"sigmoid": "LOGISTIC", "hardswish": "HARD_SWISH", "relu6": "RELU6"}[op], ins, [out])
+            q = points.get(out_name)
+            vals[out_name] = (quantize(out_name, out, oshape, q) if q else out, q, oshape)
+            continue
         if op == "relu":
             out = new(out_name, shape, xq)
             w.op("RELU", [x], [out])
@@ -270,20 +316,26 @@ def build(artifact: Artifact) -> bytes:
             vals[out_name] = (out, xq, oshape)
         else:
             raise ModelFileError(f"{artifact.path}: unknown node type {op!r}")
+        q = points.get(out_name)
+        if q is not None and vals[out_name][1] is None:  # a float input, a stored output: quantize it here
+            idx, _, oshape = vals[out_name]
+            vals[out_name] = (quantize(f"{out_name}/stored", idx, oshape, q), q, oshape)
     final, k = (vals[h["output"]][0], 1.0) if h.get("output_act") else as_float(h["output"])
     if k != 1.0:
         raise ModelFileError(f"{artifact.path}: the output {h['output']} is a relabelled int8 tensor")
     return w.finish(inputs, {"logits": final}, f"tinym2net {h.get('case')}/{h.get('variant')}")
 
 
-def _layer(w: _Writer, fb, act_fn, node: dict, out_name: str, relu: bool, vals, points, t, permuted, as_float, new,
+def _layer(w: _Writer, fb, act_fn, node: dict, out_name: str, relu: str | None, vals, points, t, permuted, as_float, new,
            path) -> None:
-    """One conv or linear layer: int8 kernel, or float (a float layer, or a quantized one whose output stays float)."""
+    """One conv or linear layer: int8 kernel, or float (a float layer, or a quantized one whose output stays float);
+    `relu`: the activation fused into it (relu, relu6 or None)."""
     x, xq, shape = vals[node["inputs"][0]]
     oq = points.get(out_name)
     weight = t[node["weight"]]
-    bias = t[node["bias"]].astype(np.float64) if node.get("bias") else None
     conv = node["op"] == "conv"
+    # TFLite's convolutions want a bias: a layer without one gets zeros
+    bias = t[node["bias"]].astype(np.float64) if node.get("bias") else np.zeros(len(weight)) if conv else None
     if not conv and node["inputs"][0] in permuted:
         weight = graph.permute_columns(weight, permuted[node["inputs"][0]])
     c_out = weight.shape[0]
@@ -295,7 +347,18 @@ def _layer(w: _Writer, fb, act_fn, node: dict, out_name: str, relu: bool, vals, 
         size = shape[1:3]
         pads = list(node["pads"])
         if any(pads) and pads != _same_pads(size, node["kernel"], node["stride"], node["dilation"]):
-            raise ModelFileError(f"{path}: padding {pads} of {node['name']} is neither VALID nor SAME")
+            # other zero padding (PhiNet's symmetric pad at stride 2): a PAD op, then VALID; an int8 tensor
+            # is padded with its zero point, the stored 0
+            top, left, bottom, right = pads
+            padded = [1, shape[1] + top + bottom, shape[2] + left + right, shape[3]]
+            out = w.tensor(f"{node['name']}/padded", padded, "int8" if xq else "float32",
+                           scale=xq.label if xq else None, zero_point=xq.zero_point if xq else None, batch=True)
+            w.op("PAD", [x, w.tensor(f"{node['name']}/pads", [4, 2], "int32",
+                                     np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32))], [out],
+                 "PadOptions", version=2)
+            vals[f"{node['name']}/padded"] = (out, xq, padded)
+            node = {**node, "inputs": [f"{node['name']}/padded"]}
+            x, shape, size, pads = out, padded, padded[1:3], [0, 0, 0, 0]
         padding = fb.Padding.SAME if any(pads) else fb.Padding.VALID
         oh, ow = _conv_out(size, node["kernel"], node["stride"], node["dilation"], pads)
         oshape = [1, oh, ow, c_out]
@@ -319,7 +382,7 @@ def _layer(w: _Writer, fb, act_fn, node: dict, out_name: str, relu: bool, vals, 
         if bias is not None:
             ins.append(w.tensor(f"{node['name']}.bias", [c_out], "int32", bq.astype(np.int32),
                                 scale=xq.label * w_label, zero_point=0))
-        act = act_fn.RELU if relu or not oq.signed else act_fn.RELU_N1_TO_1
+        act = act_fn.RELU6 if relu == "relu6" else act_fn.RELU if relu or not oq.signed else act_fn.RELU_N1_TO_1
         out = new(out_name, oshape, oq)
         versions = {"conv": 3, "dw": 3, "fc": 4}
     else:  # float arithmetic: on the true input values (x / k), producing k_out times the true output
@@ -329,9 +392,15 @@ def _layer(w: _Writer, fb, act_fn, node: dict, out_name: str, relu: bool, vals, 
         wf = (real * (k_out / k_in)).astype(np.float32)
         wi = w.tensor(f"{node['name']}.weight", wf.transpose(layout).shape, "float32", wf.transpose(layout))
         ins = [xf, wi]
+        if bias is not None and quantized:  # on the accumulator's grid, as the fake quantizer rounds it
+            step = np.float32(xq.scale) * scale.astype(np.float32)
+            rounded = np.round(bias.astype(np.float32) / step)
+            bias = (rounded * step).astype(np.float64) if np.all(np.abs(rounded) < 2 ** 31 - 1) else bias
         if bias is not None:
             ins.append(w.tensor(f"{node['name']}.bias", [c_out], "float32", (bias * k_out).astype(np.float32)))
-        if relu or (oq is not None and not oq.signed):
+        if relu == "relu6":
+            act = act_fn.RELU6
+        elif relu or (oq is not None and not oq.signed):
             act = act_fn.RELU
         else:
             act = act_fn.RELU_N1_TO_1 if oq is not None else act_fn.NONE

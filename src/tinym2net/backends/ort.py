@@ -5,7 +5,9 @@ DequantizeLinear around every quantized conv and linear layer (QLinearConv, QGem
 Activations are uint8 (signed ones with zero point 128) and clamped to their exact b-bit range by an
 integer Clip, so the integers the kernels see are the fake-quantized model's. Biases are int32 on the
 accumulator's scale (input scale x weight scale), as integer kernels require, so an output within half
-a bias step of a rounding boundary can land one level off. Float (32-bit) layers stay float.
+a bias step of a rounding boundary can land one level off. Float (32-bit) layers stay float, and so do
+the float ops (Add, Mul, Sigmoid, HardSwish, Clip for relu6, AveragePool); a quantized layer reading a
+float tensor quantizes (QDQ) its own copy.
 """
 from __future__ import annotations
 
@@ -84,17 +86,19 @@ def build(artifact: Artifact, nhwc_flatten: bool = True):
     values: dict[str, str] = {}  # header tensor name -> ONNX value name
     permuted = graph.nhwc_flattens(h["nodes"]) if nhwc_flatten else {}
 
+    def qdq(onnx_name: str, q: dict, clip: bool) -> str:
+        """Quantize and dequantize `onnx_name` with activation quantizer `q` (`clip`: to its exact b-bit range)."""
+        scale, zp = b.const("act_scale", q["scale"]), b.const("act_zp", np.asarray(q["zero_point"]))
+        onnx_name = b.op("QuantizeLinear", [onnx_name, scale, zp], "q")
+        if q["narrow"] and clip:  # clamp the integers to the exact b-bit range
+            onnx_name = b.op("Clip", [onnx_name, b.const("qmin", np.asarray(q["qmin"], q["dtype"])),
+                                      b.const("qmax", np.asarray(q["qmax"], q["dtype"]))], "clip")
+        return b.op("DequantizeLinear", [onnx_name, scale, zp], "dq")
+
     def emit(tensor: str, onnx_name: str) -> None:
         """Register a produced tensor, quantizing/dequantizing it when a quantizer sits here."""
         q = points.get(tensor)
-        if q is not None:
-            scale, zp = b.const("act_scale", q["scale"]), b.const("act_zp", np.asarray(q["zero_point"]))
-            onnx_name = b.op("QuantizeLinear", [onnx_name, scale, zp], "q")
-            if q["narrow"] and tensor in ends:  # clamp the integers to the exact b-bit range
-                onnx_name = b.op("Clip", [onnx_name, b.const("qmin", np.asarray(q["qmin"], q["dtype"])),
-                                          b.const("qmax", np.asarray(q["qmax"], q["dtype"]))], "clip")
-            onnx_name = b.op("DequantizeLinear", [onnx_name, scale, zp], "dq")
-        values[tensor] = onnx_name
+        values[tensor] = qdq(onnx_name, q, tensor in ends) if q is not None else onnx_name
 
     inputs = []
     for m, shape in h["inputs"].items():
@@ -103,9 +107,21 @@ def build(artifact: Artifact, nhwc_flatten: bool = True):
     for node in h["nodes"]:
         op, ins = node["op"], [values[i] for i in node["inputs"]]
         if op in graph.LAYERS:
-            out = _layer(b, node, ins[0], t, points.get(node["inputs"][0]), permuted.get(node["inputs"][0]))
+            q = points.get(node["inputs"][0])
+            if node.get("act") and q is None:  # a float tensor: the layer quantizes its own copy
+                q = _act(node["act"])
+                ins = [qdq(ins[0], q, True)]
+            out = _layer(b, node, ins[0], t, q, permuted.get(node["inputs"][0]))
         elif op == "relu":
             out = b.op("Relu", ins, node["output"])
+        elif op == "relu6":
+            out = b.op("Clip", [ins[0], b.const("zero", np.float32(0)), b.const("six", np.float32(6))], node["output"])
+        elif op in ("add", "mul", "sigmoid", "hardswish"):
+            out = b.op({"add": "Add", "mul": "Mul", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}[op], ins,
+                       node["output"])
+        elif op == "avgpool":
+            out = b.op("AveragePool", ins, "avgpool", kernel_shape=node["kernel"], strides=node["stride"],
+                       pads=node["pads"])
         elif op == "maxpool":
             out = b.op("MaxPool", ins, "pool", kernel_shape=node["kernel"], strides=node["stride"], pads=node["pads"])
         elif op == "flatten":
