@@ -37,7 +37,7 @@ from .bitpack import FLOAT_BITS, FLOAT_BYTES, activation_bytes, packed_nbytes, w
 TM2_FRAMING_BYTES = 4 + 2 + 2 + 4 + 8 + 4  # magic, version, reserved, header_len, payload_len ... crc32
 IN_PLACE = ("relu", "relu6", "flatten")      # a node that may overwrite its only reader's input
 STORAGES = ("packed", "int8")
-HEADER_SLACK = 32  # bytes: the measured header against the real one (its quantizer floats differ in digits)
+HEADER_SLACK = 128  # bytes: the measured header against the real one (its quantizer floats differ in digits)
 
 
 def _act(k: int, bits: int) -> dict:
@@ -73,6 +73,8 @@ class Costs:
     buffers: list[Buffer]
     steps: list[str]                      # node outputs in execution order
     header: dict = field(repr=False)      # the export header (float weights), for the measured header size
+    shapes: dict = field(default_factory=dict, repr=False)   # tensor -> per-sample shape
+    own: set = field(default_factory=set, repr=False)        # layers that quantize a float input themselves
 
     @property
     def names(self) -> list[str]:
@@ -145,13 +147,31 @@ class Costs:
         return self.steps[int(np.argmax(ram))]
 
     def runtime_scratch(self, bits=None) -> int:
-        """LiteRT's extra over the int8 figure: a float layer read by an int8 layer writes its float32 result
-        before QUANTIZE (4 bytes per value while it replaces the 1-byte buffer: 3 bytes more per value);
-        the largest such buffer."""
+        """LiteRT's largest buffer set beyond the int8 figure (the documented scratch), the largest of:
+        a float layer read by an int8 layer writes its float32 result before QUANTIZE (3 more bytes per value);
+        a quantized layer whose input is stored float (a tensor several layers read with different quantizers,
+        e.g. a residual block's input) makes a clamped float32 copy and an int8 copy of it (5 bytes per value);
+        a convolution whose padding is neither VALID nor SAME (PhiNet's stride-2 blocks) reads a PAD copy of its
+        input."""
         b = self._bits(bits)
+        elems = {t: int(np.prod(v)) for t, v in self.shapes.items()}
+        stored = {t: buf for buf in self.buffers for t in buf.tensors}
         writers = {n["output"]: n["name"] for n in self.header["nodes"] if n["op"] in graph.LAYERS}
         extra = [3 * buf.elems for buf in self.buffers if buf.reader and b[buf.reader] != FLOAT_BITS
                  and any(b.get(writers.get(t), 0) == FLOAT_BITS for t in buf.tensors)]
+        for node in self.header["nodes"]:
+            if node["op"] not in graph.LAYERS:
+                continue
+            x, width = node["inputs"][0], b[node["name"]]
+            if width != FLOAT_BITS and node["name"] in self.own:
+                extra.append(5 * elems[x])
+            if node["op"] == "conv" and any(node["pads"]):
+                (_, h, w), (kh, kw), (sh, sw) = self.shapes[x], node["kernel"], node["stride"]
+                if node["pads"] != _same_pads([h, w], [kh, kw], [sh, sw], node["dilation"]):
+                    top, left, bottom, right = node["pads"]
+                    buf = stored.get(x)
+                    int8 = buf is not None and buf.reader and b[buf.reader] != FLOAT_BITS
+                    extra.append((1 if int8 else 4) * self.shapes[x][0] * (h + top + bottom) * (w + left + right))
         return max(extra, default=0)
 
     def macs(self) -> int:
@@ -216,6 +236,12 @@ def buffers(nodes: list[dict], inputs: list[str], elems: dict[str, int], readers
     return out
 
 
+def _same_pads(size, kernel, stride, dilation) -> list[int]:
+    """TFLite's SAME padding as [top, left, bottom, right]."""
+    total = [max((-(-n // st) - 1) * st + (k - 1) * d + 1 - n, 0) for n, k, st, d in zip(size, kernel, stride, dilation)]
+    return [t // 2 for t in total] + [t - t // 2 for t in total]
+
+
 def _readers(nodes: list[dict]) -> dict[str, str]:
     """Tensor -> the layer whose input quantizer stores it (every layer taken as quantized)."""
     marked = [{**n, "act": {"layer": n["name"]}} if n["op"] in graph.LAYERS else n for n in nodes]
@@ -251,7 +277,8 @@ def from_header(header: dict, arrays: dict[str, np.ndarray]) -> Costs:
     plain["nodes"] = [_float_node(n) if n["op"] in graph.LAYERS else n for n in nodes]
     plain["tensors"] = {k: {"dtype": "float32", "shape": list(np.shape(a))} for k, a in arrays.items()
                         if not k.endswith(".weight_scale")}
-    return Costs(layers, bufs, [n["output"] for n in nodes], plain)
+    marked = [{**n, "act": {"layer": n["name"]}} if n["op"] in graph.LAYERS else n for n in nodes]
+    return Costs(layers, bufs, [n["output"] for n in nodes], plain, shapes, graph.own_quantizers(marked))
 
 
 def _float_node(node: dict) -> dict:
