@@ -235,7 +235,7 @@ def scaling_md(rows: list[dict], paper: dict[str, dict]) -> str:
             "no run of the paper DS-CNN to compare with"
         if under:
             r, v, a = max(under, key=lambda t: t[2]["accuracy"]["value"])
-            gap = f"; {100 * (ref['value'] - a['accuracy']['value']):+.1f} points below it" if ref else ""
+            gap = f"; {100 * (ref['value'] - a['accuracy']['value']):.1f} points below it (partition 0's test split)" if ref else ""
             out.append(f"- {case}: best artifact under 32 KiB: {r['experiment']} `{v}` ({r['choice']}), "
                        f"{_kib(a['flash_bytes'])} KiB, accuracy {boot(a['accuracy'])}; {ref_txt}{gap}.")
         elif small:
