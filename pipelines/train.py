@@ -32,7 +32,7 @@ def train(params: Params, case: str, partition: int, root: Path = Path(".")) -> 
     with tracking.stage_run("train", case, root, partition) as parent:
         mlflow.log_params({"case": case, "partition": partition, "seed": seed, "modalities": ",".join(info.modalities),
                            **{k: v for k, v in spec.items() if not isinstance(v, (dict, list))},
-                           **{f"branch.{m}": b["type"] for m, b in spec["branches"].items()}})
+                           **{f"branch.{m}": b.get("type", "dscnn") for m, b in spec["branches"].items()}})
         for name in info.models:
             modalities = list(info.modalities) if name == "fused" else [name]
             torch.manual_seed(seed)

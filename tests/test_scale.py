@@ -78,6 +78,7 @@ def test_infeasible_profile_names_the_smallest_feasible_limits(world):
 def test_candidates_scale_the_paper_branch():
     (point, spec), = scale.candidates(TRAIN["branches"]["a"], "dscnn", {}, {"width": [0.5]})
     assert point == {"width": 0.5} and spec["layers"] == [["conv", 2, 3], ["sepconv", 3, 3], ["maxpool", 2]]
+    assert spec["type"] == "dscnn"  # train logs and validates each branch's type
     specs = scale.candidates({}, "phinet", {"num_layers": 5, "dense": 8}, {"alpha": [0.25, 0.5], "t0": [4, 6]})
     assert [s for _, s in specs][-1] == {"type": "phinet", "num_layers": 5, "dense": 8, "alpha": 0.5, "t0": 6}
     assert len(specs) == 4

@@ -61,8 +61,7 @@ def candidates(spec: dict, family: str, fixed: dict, grid: dict) -> list[tuple[d
     for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
         point = dict(zip(keys, values))
         if family == "dscnn":
-            s = {**{k: v for k, v in spec.items() if k != "type"}, **fixed,
-                 **{k: v for k, v in point.items() if k != "width"}}
+            s = {**spec, "type": "dscnn", **fixed, **{k: v for k, v in point.items() if k != "width"}}
             width = point.get("width", 1.0)
             s["layers"] = [[kind, max(1, round(args[0] * width)), *args[1:]] if kind in ("conv", "sepconv")
                            else [kind, *args] for kind, *args in s["layers"]]
