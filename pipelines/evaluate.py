@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinym2net import metrics, tracking
+from tinym2net import cost, metrics, tracking
 from tinym2net.io import Outputs, file_md5, read_json, write_json
 from tinym2net.params import Params
 from tinym2net.plots import confusion_csv, confusion_png
@@ -81,6 +81,11 @@ def evaluate(params: Params, case: str, root: Path = Path(".")) -> None:
     split = read_json(Path(root) / "data" / "interim" / case / "split.json")
     parts = [evaluate_partition(params, case, p, root) for p in params.partitions]
     result = summarize(params, case, parts)
+    for name in info.models:  # what each model costs on a device at FP32 (cost.py; the same in every partition)
+        model = load_model(Path(root) / "models" / case / "trained" / f"p{params.partitions[0]}" / f"{name}.pt")
+        costs = cost.analyse(model.eval(), {m: params.input_shape(case, m) for m in model.modalities})
+        result["models"][name]["fp32_cost"] = {"flash_bytes": costs.flash_bytes(), "peak_ram_bytes": costs.peak_ram_bytes(),
+                                               "macs": costs.macs(), "bops": costs.bops()}
     leaky = " (LEAKY: " + ("the given split" if split["strategy"] == "given" else "random split") + ")" \
         if split["leaky"] else ""
     result = {

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinym2net import runtime, tm2, tracking
+from tinym2net import cost, runtime, tm2, tracking
 from tinym2net.errors import ModelFileError, ParamsError
 from tinym2net.export import export as export_model
 from tinym2net.export import load_variant, weight_payload_bytes
@@ -50,6 +50,7 @@ def export(params: Params, case: str, root: Path = Path(".")) -> None:
     backends, limits = cfg.backends, tm2.Limits(**cfg.tm2_limits.model_dump())
     p = paths(root, case, info.models[0])
     names = variant_names(p, cfg.variants)
+    profile = params.profile()
     data, preds = None, {}
     results = {}
     with tracking.stage_run("export", case, root) as parent, outs.directory(f"models/{case}/artifacts") as folder:
@@ -75,6 +76,15 @@ def export(params: Params, case: str, root: Path = Path(".")) -> None:
                                          f"fake-quantized model on {agreement:.1%} of the test split "
                                          f"(export.min_agreement: {cfg.min_agreement:g})")
             first = preds[name] = got[backends[0]]
+            costs = cost.from_header(deployed.artifact.header, deployed.artifact.tensors)   # the file's own graph
+            storage = profile.activation_storage if profile else "packed"
+            device = {"flash_bytes": size, "peak_ram_bytes": costs.peak_ram_bytes(bits, storage),
+                      "peak_ram_int8_bytes": costs.peak_ram_bytes(bits, "int8"), "macs": costs.macs(),
+                      "bops": costs.bops(bits)}
+            if profile:
+                device["fits_profile"] = bool(size <= profile.flash_bytes and device["peak_ram_bytes"] <= profile.ram_bytes
+                                              and (profile.macs is None or device["macs"] <= profile.macs)
+                                              and (profile.bops is None or device["bops"] <= profile.bops))
             payload, counted = weight_payload_bytes(model, bits), packed_size_bytes(model, bits or {})
             results[name] = {"file_bytes": size, "file_kib": round(size / 1024, 2), "weights_bytes": payload,
                              "overhead": round(size / counted - 1, 4),
@@ -83,7 +93,7 @@ def export(params: Params, case: str, root: Path = Path(".")) -> None:
                              "fake_quant_accuracy": round(float((expected == y).mean()), 4),
                              "backends": {b: {"agreement": round(float((g == expected).mean()), 4),
                                               "agreement_with_" + backends[0]: round(float((g == first).mean()), 4)}
-                                          for b, g in got.items()}}
+                                          for b, g in got.items()}, **device}
             with tracking.child_run(parent, name):
                 mlflow.log_params({"variant": name, "format": f"tm2 v{tm2.VERSION}", "backend": backends[0]})
                 mlflow.log_metrics({k: v for k, v in results[name].items()
@@ -99,6 +109,7 @@ def export(params: Params, case: str, root: Path = Path(".")) -> None:
         r["deployed"] = spread[name]   # accuracy and UAR of the artifact, with intervals (and paired to fp32)
     outs.write_json(f"metrics/{case}/export.json", {
         "features": file_md5(p["features"]), "format": f"tm2 v{tm2.VERSION}", "backends": backends,
+        "profile": {"name": params.scale.profile, **profile.model_dump()} if profile else None,
         "test_samples": int(len(test)), "variants": results})
     log.info("export %s: %d artifacts in models/%s/artifacts", case, len(results), case)
 

@@ -33,7 +33,8 @@ def variants(params: Params, sens: dict, mp_bits: dict, latency: dict | None = N
     out = {"fp32": (None, None), f"w{hi}a{hi}": ({n: hi for n in names}, 1.0 if hi == 8 else None),
            "mp": (mp_bits, params.ilp.size_lambda), f"w{lo}a{lo}": ({n: lo for n in names}, None)}
     for lam in params.quantize.sweep:
-        out[f"mp-lambda{lam:g}"] = (ilp.allocate(params.ilp, sens, size_lambda=lam, latency_table=latency)["bits"], lam)
+        out[f"mp-lambda{lam:g}"] = (ilp.allocate(params.ilp, sens, size_lambda=lam, latency_table=latency,
+                                                      profile=params.profile())["bits"], lam)
     return out
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from tinym2net import hessian
+from tinym2net import cost, hessian
+from tinym2net.bitpack import FLOAT_BITS
 from tinym2net.io import Outputs, file_md5
 from tinym2net.params import Params
 from tinym2net.quant import fold_batchnorm
@@ -28,9 +29,15 @@ def sensitivity(params: Params, case: str, root: Path = Path(".")) -> None:
     batches = data.batches("train", model.modalities, cfg.batch_size, cfg.batches, params.seed.train)
     layers, traces = hessian.sensitivity(folded, F.cross_entropy, batches, bit_choices=bits, tol=cfg.tol,
                                          min_iter=cfg.min_iter, max_iter=cfg.max_iter, seed=params.seed.train)
+    # what the Flash and peak-RAM limits of the ILP need (cost.py): per-layer counts, the measured header, the schedule
+    costs = cost.analyse(folded, data.input_shapes(), case, "mp", list(info.classes))
+    counts = {l["name"]: l for l in costs.layer_table()}
+    layers = [{**l, "out_channels": counts[l["name"]]["out_channels"], "bias": counts[l["name"]]["bias"]} for l in layers]
+    widest = max(b for b in bits if b != FLOAT_BITS)
     outs.write_json(f"models/{case}/sensitivity.json", {
         "features": file_md5(features), "iterations": traces.iterations, "converged": traces.converged,
-        "tol": cfg.tol, "layers": layers, "ties": hessian.ties(folded)})
+        "tol": cfg.tol, "layers": layers, "ties": hessian.ties(folded),
+        "flash": {"header_bytes": costs.header_bytes(widest), "header_slack": cost.HEADER_SLACK}, "memory": costs.memory_schedule()})
     if not traces.converged:
         worst = max(traces.mean, key=traces.relative_error)
         log.warning("sensitivity %s: the Hutchinson estimate did not converge in %d iterations (sensitivity.max_iter): "

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from tinym2net import tracking
-from tinym2net.io import Outputs, file_md5
+from tinym2net import cost, tracking
+from tinym2net.io import Outputs, file_md5, read_json
 from tinym2net.model import build
 from tinym2net.params import Params
 from tinym2net.stage import log, run_stage
@@ -26,11 +26,13 @@ def train(params: Params, case: str, partition: int, root: Path = Path(".")) -> 
     data = Features(features, list(info.modalities), partition)
     shapes, seed = data.input_shapes(), params.seed.train + partition
     spec = cfg.model_dump()
+    # the branches the scale stage chose (with scale.profile null: train's own, unchanged)
+    spec["branches"] = read_json(Path(root) / "models" / case / "architecture.json")["branches"]
     trained, summary, curves = {}, {}, {}
     with tracking.stage_run("train", case, root, partition) as parent:
         mlflow.log_params({"case": case, "partition": partition, "seed": seed, "modalities": ",".join(info.modalities),
                            **{k: v for k, v in spec.items() if not isinstance(v, (dict, list))},
-                           **{f"branch.{m}": b["type"] for m, b in spec["branches"].items()}})
+                           **{f"branch.{m}": b.get("type", "dscnn") for m, b in spec["branches"].items()}})
         for name in info.models:
             modalities = list(info.modalities) if name == "fused" else [name]
             torch.manual_seed(seed)
@@ -42,7 +44,10 @@ def train(params: Params, case: str, partition: int, root: Path = Path(".")) -> 
                     mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
             best = history[how["best_epoch"] - 1]
             trained[name], curves[name] = (model, modalities), history
+            costs = cost.analyse(model.eval(), {m: shapes[m] for m in modalities}, case, "fp32", list(info.classes))
             summary[name] = {"params": model.param_count(), "flatten": model.flatten_sizes(), "epochs": len(history),
+                             "fp32_cost": {"flash_bytes": costs.flash_bytes(), "peak_ram_bytes": costs.peak_ram_bytes(),
+                                           "macs": costs.macs(), "bops": costs.bops()},
                              **how, **{k: round(best[k], 4) for k in ("val_loss", "val_accuracy", "val_uar")}}
             log.info("train %s/p%d/%s: %d params, best val UAR %.3f (accuracy %.3f) at epoch %d%s", case, partition,
                      name, model.param_count(), best["val_uar"], best["val_accuracy"], how["best_epoch"],

@@ -309,3 +309,72 @@ def test_extra_budget_infeasibility_is_named():
     # each limit alone is feasible (latency wants a, b at 8; size 300 B wants them at 4), together not
     with pytest.raises(IlpInfeasible, match="not together"):
         solve(sens, size_limit=300, budgets=[ilp.Budget("latency", "us", cost, 4.5)])
+
+
+TINY = {"branches": {"a": {"padding": "valid", "layers": [["conv", 4, 3], ["sepconv", 6, 3], ["maxpool", 2]], "dense": 4},
+                     "b": {"padding": "same", "layers": [["conv", 3, 3], ["maxpool", 2]], "dense": 4}},
+        "head": [], "dropout": 0.0}
+TINY_SHAPES = {"a": (1, 12, 10), "b": (2, 8, 8)}
+
+
+def tiny_cost_file(seed: int):
+    """A real two-branch network's cost file (cost.py: schedule, counts, header) with random sensitivities."""
+    import torch
+
+    from tinym2net import cost
+    from tinym2net.model import build
+
+    torch.manual_seed(seed)
+    costs = cost.analyse(build(TINY, TINY_SHAPES, 3).eval(), TINY_SHAPES)
+    rng = random.Random(seed)
+    layers = [{**l, "omega": {str(b): rng.uniform(0, 10) * 2.0 ** -b for b in (4, 8)}} for l in costs.layer_table()]
+    sens = {"layers": layers, "ties": [], "flash": {"header_bytes": costs.header_bytes(8), "header_slack": cost.HEADER_SLACK}, "memory": costs.memory_schedule()}
+    return sens, costs
+
+
+def test_ram_and_flash_limits_match_brute_force():
+    """Peak RAM over the schedule (one row per step) and the .tm2 Flash limit against every allocation evaluated
+    by the cost model itself; the RAM limit binds in some trials."""
+    from tinym2net import cost
+
+    choices, binding = [4, 8, 32], 0
+    for seed in range(4):
+        sens, costs = tiny_cost_file(seed)
+        names = [l["name"] for l in sens["layers"]]
+        combos = [dict(zip(names, c)) for c in itertools.product(choices, repeat=len(names))]
+        ram = [costs.peak_ram_bytes(bits) for bits in combos]
+        flash = [costs.payload_bytes(bits) + sens["flash"]["header_bytes"] + cost.HEADER_SLACK for bits in combos]
+        obj = [sum(l["omega"].get(str(bits[l["name"]]), 0.0) for l in sens["layers"]) for bits in combos]
+        ram_limit, flash_limit = sorted(ram)[len(ram) // 4], sorted(flash)[len(flash) // 2]
+        result = solve(sens, choices, budgets=ilp.ram_budgets(sens, choices, ram_limit)
+                       + [ilp.flash_budget(sens, choices, flash_limit)])
+        best = min(o for o, r, f in zip(obj, ram, flash) if r <= ram_limit and f <= flash_limit)
+        assert result["objective"] == pytest.approx(best, abs=1e-12)
+        assert costs.peak_ram_bytes(result["bits"]) <= ram_limit
+        assert result["budgets"]["RAM"]["total"] == costs.peak_ram_bytes(result["bits"])
+        flash_only = solve(sens, choices, budgets=[ilp.flash_budget(sens, choices, flash_limit)])["objective"]
+        binding += result["objective"] > flash_only + 1e-12
+    assert binding >= 1
+
+
+def test_ram_limit_infeasibility_names_the_smallest_peak():
+    sens, costs = tiny_cost_file(0)
+    least = costs.peak_ram_bytes(4)  # every buffer at the lowest width
+    with pytest.raises(IlpInfeasible, match=rf"RAM limit {least - 1} B is infeasible .*the smallest feasible RAM is "
+                                            rf"{least} B \(at .+\)$"):
+        solve(sens, [4, 8], budgets=ilp.ram_budgets(sens, [4, 8], least - 1))
+    assert costs.peak_ram_bytes(solve(sens, [4, 8], budgets=ilp.ram_budgets(sens, [4, 8], least))["bits"]) == least
+
+
+def test_cli_ram_and_flash_limits(tmp_path, capsys):
+    sens, costs = tiny_cost_file(1)
+    (tmp_path / "s.json").write_text(json.dumps(sens))
+    out = tmp_path / "bits.json"
+    assert ilp.main(["--sensitivity", str(tmp_path / "s.json"), "--out", str(out), "--bits", "4", "8",
+                     "--ram-limit", "100"]) == 1
+    assert f"smallest feasible RAM is {costs.peak_ram_bytes(4)} B" in capsys.readouterr().err
+    limit = costs.peak_ram_bytes(8) - 1
+    assert ilp.main(["--sensitivity", str(tmp_path / "s.json"), "--out", str(out), "--bits", "4", "8",
+                     "--ram-limit", str(limit), "--flash-limit", "100000"]) == 0
+    result = json.loads(out.read_text())
+    assert costs.peak_ram_bytes(result["bits"]) <= limit < costs.peak_ram_bytes(8)

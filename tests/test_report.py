@@ -74,3 +74,29 @@ def test_spread_and_the_quantization_verdict_are_plain():
                           "recovers the loss (its interval includes no change).")
     q["variants"]["w4a4"]["ptq"]["accuracy"] = _boot(0.89, -0.01, -0.03, 0.01)
     assert verdict(q).endswith("within the spread (no measurable loss).")
+
+
+def test_scaling_report_picks_the_best_fitting_artifact_and_the_32k_gap():
+    from tinym2net.report import scaling_md, scaling_row
+
+    def files(flash_mp, acc_mp, acc_w8, fits_w8):
+        acc = lambda v: {"value": v, "ci": [v - 0.02, v + 0.01]}  # noqa: E731
+        return {"scale": {"profile": "mcu-32k", "limits": {"flash_bytes": 32768, "ram_bytes": 32768, "macs": 2000000},
+                          "hyperparameters": {"cough": {"width": 0.25}}},
+                "evaluate": {"models": {"fused": {"accuracy": {"mean": 0.9, "std": 0.01, "ci": [0.88, 0.92]}}}},
+                "export": {"variants": {"mp": {"deployed": {"accuracy": acc(acc_mp)}, "flash_bytes": flash_mp,
+                                               "peak_ram_bytes": 30000, "macs": 900000, "fits_profile": True},
+                                        "w8a8": {"deployed": {"accuracy": acc(acc_w8)}, "flash_bytes": 40000,
+                                                 "fits_profile": fits_w8},
+                                        "fp32": {"deployed": {"accuracy": acc(0.95)}, "flash_bytes": 500000}}},
+                "benchmark": {"variants": {"mp": {"latency_ms": {"p50": 0.0123}}}}}
+
+    params = {"scale": {"profile": "mcu-32k", "family": "dscnn"}, "partitions": [0]}
+    small = scaling_row("32k", "covid", params, files(30000, 0.91, 0.93, False))
+    paper = scaling_row("paper", "covid", {"scale": {"profile": None, "family": "dscnn"}, "partitions": [0, 1, 2]},
+                        files(90000, 0.94, 0.95, True))
+    text = scaling_md([small, paper], {"covid": paper})
+    row = next(line for line in text.splitlines() if line.startswith("| covid | 32k"))
+    assert "cough width 0.25" in row and "| 29.3 |" in row and "0.012" in row
+    assert row.endswith("| mp, 91.0 [89.0, 92.0], 29.3 |")       # w8a8 is more accurate but over the profile
+    assert "best artifact under 32 KiB: 32k `mp`" in text and "4.0 points below it" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 FLOAT_BITS = 32  # in a bit allocation: leave this layer float (FP32)
+FLOAT_BYTES = 4  # float32 weights, scales, biases and activations
 
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
@@ -55,3 +56,19 @@ def unpack_bits(data, bits: int, count: int) -> np.ndarray:
         u = stream.reshape(n, bits).astype(np.int32) @ weights                           # (n,)
         out[start:start + n] = np.where(u >= 1 << (bits - 1), u - (1 << bits), u)
     return out
+
+
+def activation_bytes(elems: int, bits: int, storage: str = "packed") -> int:
+    """Bytes of an activation buffer of `elems` values at `bits` (FLOAT_BITS: float32): `packed` b-bit values,
+    or `int8`: every width up to 8 in one byte each (as LiteRT's int8 kernels store them)."""
+    if bits == FLOAT_BITS:
+        return FLOAT_BYTES * elems
+    return elems if storage == "int8" and bits <= 8 else packed_nbytes(elems, bits)
+
+
+def weight_bytes(params: int, out_channels: int, bias: int, bits: int) -> int:
+    """Bytes a conv/linear layer takes in a `.tm2` payload at `bits`: packed weights + float32 per-channel
+    scales + float32 biases; a float layer (FLOAT_BITS): float32 weights and biases."""
+    if bits == FLOAT_BITS:
+        return FLOAT_BYTES * (params + bias)
+    return packed_nbytes(params, bits) + FLOAT_BYTES * (out_channels + bias)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pulp
 
-from .bitpack import FLOAT_BITS
+from .bitpack import FLOAT_BITS, activation_bytes, weight_bytes
 from .errors import DataError, ParamsError, TinyM2NetError
 from .io import write_json
 
@@ -138,6 +138,7 @@ class Budget:
     step: float | None = None
     lam: float | None = None
     span: tuple[float, float] | None = None
+    group: str | None = None   # rows of one limit (peak RAM: one row per schedule step), reported as one
 
     def total(self, bits: dict[str, int]) -> float:
         return self.constant + sum(c[bits[name]] for name, c in self.cost.items())
@@ -161,6 +162,41 @@ def bops_budget(layers: list[dict], limit: float, lam: float | None = None) -> B
     """Bit operations, sum MACs_i * b_i^2."""
     return Budget("BOPS", "", {l["name"]: {b: l["macs"] * b * b for b in _widths(l)} for l in layers},
                   limit, step=1, lam=lam)
+
+
+def _cost_field(sens: dict, key: str, what: str):
+    value = sens.get(key) if isinstance(sens, dict) else None
+    if value is None:
+        raise DataError(f"sensitivity: no {key!r} ({what}); re-run the sensitivity stage, or add it to the cost file "
+                        f"(tinym2net.cost.Costs)")
+    return value
+
+
+def flash_budget(sens: dict, bit_choices, limit: float) -> Budget:
+    """The `.tm2` file size in bytes (`cost.py`): per layer its packed weights, float32 scales and biases at each
+    width, plus the file's measured header and its slack (the cost file's `flash`: `header_bytes`, `header_slack`)."""
+    flash = _cost_field(sens, "flash", "the measured header for a Flash limit")
+    cost = {}
+    for l in sens["layers"]:
+        if not all(isinstance(l.get(k), int) for k in ("out_channels", "bias")):
+            raise DataError(f"sensitivity: layer {l.get('name')} has no out_channels/bias counts (needed for a Flash limit)")
+        cost[l["name"]] = {b: float(weight_bytes(l["params"], l["out_channels"], l["bias"], b)) for b in bit_choices}
+    return Budget("Flash", "B", cost, limit, constant=float(flash["header_bytes"] + flash.get("header_slack", 0)),
+                  step=1)
+
+
+def ram_budgets(sens: dict, bit_choices, limit: float, storage: str | None = None) -> list[Budget]:
+    """Peak RAM <= limit, linearised: one row per step of the execution schedule (the cost file's `memory`), the
+    live buffers at that step each at the width of the layer that reads it (float32 when none does)."""
+    memory = _cost_field(sens, "memory", "the execution schedule's live buffers for a RAM limit")
+    storage = storage or memory.get("storage", "packed")
+    rows = []
+    for step in memory["steps"]:
+        cost = {layer: {b: float(sum(activation_bytes(e, b, storage) for e in elems)) for b in bit_choices}
+                for layer, elems in step["buffers"].items()}
+        rows.append(Budget(f"RAM at {step['node']}", "B", cost, limit, constant=float(step["constant"]), step=1,
+                           group="RAM"))
+    return rows
 
 
 def latency_budget(table: dict, names: list[str], bit_choices, limit: float | None = None,
@@ -314,18 +350,25 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
 
     # Each limit alone: its smallest total under pins and ties is the sum of each group's cheapest
     # allowed width; the limit is feasible alone iff that fits.
+    # A group of rows (peak RAM) is one limit: the smallest feasible value is its largest row's least total
+    # (every row's cost grows with the width, so the all-lowest allocation minimises all rows at once).
     allowed = [[pin] if pin is not None else choices for pin in group_pin]
-    problems = []
+    problems, least_of = [], {}
     for budget in rows:
         least = budget.constant + sum(min(sum(budget.cost.get(names[i], {}).get(b, 0.0) for i in group) for b in ok)
                                       for group, ok in zip(groups, allowed))
+        key = budget.group or budget.name
+        if key not in least_of or least > least_of[key][1]:
+            least_of[key] = (budget, least)
+    for key, (budget, least) in least_of.items():
         if not budget.fits(least):
             lam = ""
             if budget.lam is not None:
                 lo, hi = budget.span or (size_range if budget.name == "size" else bops_range)
                 lam = f" (lambda {budget.lam:g}; smallest feasible lambda {(least - lo) / max(hi - lo, 1e-300):.4g})"
-            problems.append(f"{budget.name} limit {budget.describe(budget.limit)}{lam} is infeasible with the "
-                            f"pinned/tied layers; the smallest feasible {budget.name} is {budget.describe(least)}")
+            where = f" (at {budget.name.removeprefix(key + ' at ')})" if budget.group else ""
+            problems.append(f"{key} limit {budget.describe(budget.limit)}{lam} is infeasible with the "
+                            f"pinned/tied layers; the smallest feasible {key} is {budget.describe(least)}{where}")
     if problems:
         raise IlpInfeasible("; ".join(problems))
 
@@ -360,8 +403,9 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
     solve_time = time.perf_counter() - start
     status = pulp.LpStatus[prob.status]
     if status == "Infeasible":
+        named = {b.group or b.name: b for b in rows}
         raise IlpInfeasible("the limits are feasible one at a time but not together ("
-                            + ", ".join(f"{b.name} {b.describe(b.limit)}" for b in rows) + "); relax one of them")
+                            + ", ".join(f"{k} {b.describe(b.limit)}" for k, b in named.items()) + "); relax one of them")
     if status != "Optimal":
         raise IlpError(f"CBC ended with status {status} on a budget that the pre-check found feasible")
 
@@ -393,12 +437,25 @@ def solve(sens: dict, bit_choices=(4, 8), *, size_limit: float | None = None, si
         "bops_lambda": bops_lambda,
         "size_range": list(size_range),
         "bops_range": list(bops_range),
-        "budgets": {b.name: {"limit": b.limit, "lambda": b.lam, "total": b.total(bits), "unit": b.unit}
-                    for b in rows if b.name not in ("size", "BOPS") and not b.name.startswith("float order")},
+        "budgets": _reported(rows, bits),
         "bit_choices": choices,
         "pins": pins,
         "status": status,
     }
+
+
+def _reported(rows: list[Budget], bits: dict[str, int]) -> dict:
+    """The further budgets' limits and totals (a group's total is its largest row: the peak)."""
+    out = {}
+    for b in rows:
+        if b.name in ("size", "BOPS") or b.name.startswith("float order"):
+            continue
+        key, total = b.group or b.name, b.total(bits)
+        if key not in out or total > out[key]["total"]:
+            out[key] = {"limit": b.limit, "lambda": b.lam, "total": total, "unit": b.unit}
+            if b.group:
+                out[key]["at"] = b.name.removeprefix(key + " at ")
+    return out
 
 
 def read_table(path: str | Path) -> dict:
@@ -423,21 +480,43 @@ def pins(layers: list[dict], bits: int | None) -> dict[str, int]:
     return {n: bits for n in [*sorted(firsts), names[-1]]}
 
 
-def allocate(cfg, sens: dict, size_lambda: float | None = None, latency_table: dict | None = None) -> dict:
+def profile_budgets(sens: dict, bit_choices, profile) -> tuple[list[Budget], float | None]:
+    """A device profile's limits on an allocation (params.yaml `profiles`): the Flash row, the peak-RAM rows and,
+    if it has one, the BOPS limit (returned apart). Its MACs do not depend on the widths: an architecture over
+    them is an error naming both."""
+    macs = sum(l["macs"] for l in sens["layers"])
+    if profile.macs is not None and macs > profile.macs:
+        raise IlpInfeasible(f"the network has {macs} MACs, over the profile's {profile.macs}; bit widths cannot change "
+                            f"that (choose the architecture with the scale stage: scale.profile)")
+    rows = [flash_budget(sens, bit_choices, profile.flash_bytes)]
+    rows += ram_budgets(sens, bit_choices, profile.ram_bytes, profile.activation_storage)
+    return rows, profile.bops
+
+
+def allocate(cfg, sens: dict, size_lambda: float | None = None, latency_table: dict | None = None,
+             profile=None) -> dict:
     """Solve with params.yaml's `ilp` settings (`cfg`), optionally at another size lambda; with a latency
-    limit, `latency_table` (the latency stage's) is budgeted too."""
+    limit, `latency_table` (the latency stage's) is budgeted too. With a device `profile` (params.yaml `profiles`)
+    its Flash, peak-RAM and BOPS limits replace the size lambda (a `size_lambda` given here still applies)."""
     size = {"size_limit": cfg.size_limit, "size_lambda": cfg.size_lambda}
     if size_lambda is not None:
         size = {"size_limit": None, "size_lambda": size_lambda}
+    elif profile is not None:
+        size = {"size_limit": None, "size_lambda": None}
     if not cfg.tie_depthwise:
         sens = {**sens, "ties": []}
     limits = {**size, "bops_limit": cfg.bops_limit, "bops_lambda": cfg.bops_lambda,
               "pins": pins(sens["layers"], cfg.pin_bits)}
+    if profile is not None:
+        rows, bops = profile_budgets(sens, cfg.bit_choices, profile)
+        if bops is not None:
+            rows.append(Budget("device BOPS", "", bops_budget(sens["layers"], bops).cost, bops, step=1))
+        limits["budgets"] = rows
     if needs_latency(cfg):
         if latency_table is None:
             raise ParamsError("params.yaml: ilp.latency_limit/latency_lambda need the latency stage's table")
-        limits["budgets"] = latency_budgets(sens, cfg.bit_choices, latency_table, cfg.latency_limit,
-                                            cfg.latency_lambda, **limits)
+        limits["budgets"] = limits.get("budgets", []) + latency_budgets(
+            sens, cfg.bit_choices, latency_table, cfg.latency_limit, cfg.latency_lambda, **limits)
     return solve(sens, cfg.bit_choices, **limits)
 
 
@@ -465,6 +544,12 @@ def cli(argv=None) -> argparse.Namespace:
         group = parser.add_mutually_exclusive_group()
         group.add_argument(f"--{kind}-limit", type=float, metavar=unit, help=limit_help)
         group.add_argument(f"--{kind}-lambda", type=float, metavar="X", help=f"{kind} limit between {lam_range}")
+    parser.add_argument("--flash-limit", type=float, metavar="BYTES",
+                        help="the .tm2 file's size limit (needs the cost file's 'flash' and per-layer out_channels/bias)")
+    parser.add_argument("--ram-limit", type=float, metavar="BYTES",
+                        help="peak activation memory limit, one row per schedule step (needs the cost file's 'memory')")
+    parser.add_argument("--activation-storage", choices=["packed", "int8"], default=None,
+                        help="how the RAM limit counts b-bit activations (default: the cost file's)")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 8],
                         help=f"bit-width choices (default: 4 8; {FLOAT_BITS}: leave a layer float)")
     parser.add_argument("--latency-table", type=Path, metavar="FILE",
@@ -491,10 +576,20 @@ def main(argv=None) -> int:
             raise ParamsError("a layer is pinned twice")
         limits = {"size_limit": args.size_limit, "size_lambda": args.size_lambda, "bops_limit": args.bops_limit,
                   "bops_lambda": args.bops_lambda, "pins": pins}
+        budgets = []
+        for value, flag in ((args.flash_limit, "--flash-limit"), (args.ram_limit, "--ram-limit")):
+            if value is not None and not value >= 0:
+                raise ParamsError(f"{flag} must be a number of bytes >= 0 (got {value!r})")
+        if args.flash_limit is not None:
+            budgets.append(flash_budget(sens, args.bits, args.flash_limit))
+        if args.ram_limit is not None:
+            budgets += ram_budgets(sens, args.bits, args.ram_limit, args.activation_storage)
+        if budgets:
+            limits["budgets"] = budgets
         if args.latency_limit is not None or args.latency_lambda is not None:
             if args.latency_table is None:
                 raise ParamsError("a latency limit needs --latency-table")
-            limits["budgets"] = latency_budgets(sens, args.bits, read_table(args.latency_table), args.latency_limit,
+            limits["budgets"] = budgets + latency_budgets(sens, args.bits, read_table(args.latency_table), args.latency_limit,
                                                 args.latency_lambda, **limits)
         result = solve(sens, args.bits, **limits)
         write_json(args.out, result)

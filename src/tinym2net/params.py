@@ -465,6 +465,42 @@ class Benchmark(Schema):
     pi: Pi
 
 
+# ----------------------------------------------------------------------------- devices and scaling
+
+class Profile(Schema):
+    """A device's budget for one model: its `.tm2` file in Flash, its peak activation memory in RAM, its work."""
+    description: str = ""
+    flash_bytes: PosInt
+    ram_bytes: PosInt
+    macs: PosInt | None = None           # multiply-accumulates per inference
+    bops: PosInt | None = None           # bit operations per inference (MACs x bits^2)
+    activation_storage: Literal["packed", "int8"] = "packed"   # b-bit activations packed, or one byte each (LiteRT)
+
+
+class Family(Schema):
+    """A backbone family's search space for `scale`: fixed branch values and per-hyperparameter candidates.
+    `dscnn` scales the paper branch of `train` by `width` (its filters x width, at least 1)."""
+    fixed: dict[str, Any] = {}
+    grid: dict[str, list[Any]] = {}
+
+    @model_validator(mode="after")
+    def _grid(self):
+        empty = [k for k, v in self.grid.items() if not v]
+        if empty:
+            raise ValueError(f"grid.{empty[0]}: give at least one candidate")
+        if "dense" in self.grid or "type" in self.grid:
+            raise ValueError("the grid cannot vary `dense` or `type` (the head's input and the family are fixed)")
+        return self
+
+
+class Scale(Schema):
+    profile: Name | None                 # a key of `profiles`; null: train's architectures as given
+    family: Literal["dscnn", "phinet", "xinet"]
+    capacity: Literal["params", "macs"]  # the capacity proxy the MILP maximises
+    perturbation_weight: NonNegFloat     # weight of the data-free bit-perturbation term against capacity
+    cases: dict[Name, dict[Literal["dscnn", "phinet", "xinet"], Family]]
+
+
 # ----------------------------------------------------------------------------- the file
 
 class Params(Schema):
@@ -483,6 +519,8 @@ class Params(Schema):
     quantize: Quantize
     export: Export
     benchmark: Benchmark
+    profiles: dict[Name, Profile] = Field(min_length=1)
+    scale: Scale
 
     @field_validator("partitions")
     @classmethod
@@ -502,7 +540,16 @@ class Params(Schema):
                 raise _Nested((section, extra), f"not a case (cases: {', '.join(self.cases)})", extra)
         for name, case in self.cases.items():
             self._check_case(name, case)
+        if self.scale.profile is not None and self.scale.profile not in self.profiles:
+            raise _Nested(("scale", "profile"), f"not a profile (profiles: {', '.join(self.profiles)})",
+                          self.scale.profile)
+        for extra in set(self.scale.cases) - set(self.cases):
+            raise _Nested(("scale", "cases", extra), f"not a case (cases: {', '.join(self.cases)})", extra)
         return self
+
+    def profile(self) -> Profile | None:
+        """The device profile `scale.profile` names, or None."""
+        return self.profiles[self.scale.profile] if self.scale.profile else None
 
     def _check_case(self, name: str, case: Case) -> None:
         shape = "video" if case.video else ("image" if "image" in case.modalities.values() else "audio")

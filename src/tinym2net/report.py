@@ -84,6 +84,11 @@ def case_section(case: str, files: dict[str, dict]) -> str:
         if has_auc:
             row += f" {spread(m.get('roc_auc'))} | {spread(m['subject'].get('uar'))} | {spread(m['subject'].get('roc_auc'))} |"
         lines.append(row + f" {m['params']:,} | {p if p is not None else '-'} |")
+    costs = {name: m["fp32_cost"] for name, m in evaluate["models"].items() if m.get("fp32_cost")}
+    if costs:
+        lines += ["", "FP32 cost on a device (cost model: `.tm2` Flash, peak activation RAM, MACs): " + "; ".join(
+            f"{name} {_kib(c['flash_bytes'])} KiB, {_kib(c['peak_ram_bytes'])} KiB, {c['macs'] / 1e6:.2f} M"
+            for name, c in costs.items()) + "."]
     if evaluate.get("gain"):
         lines += ["", "Gain of the fused model (points, per partition, then summarized): " + "; ".join(
             f"over {m}: UAR {spread(g['uar'])}, accuracy {spread(g['accuracy'])}" for m, g in evaluate["gain"].items()) + "."]
@@ -155,3 +160,86 @@ def results_md(cases: dict[str, dict[str, dict]]) -> str:
             "subject-disjoint partitions, and UAR beside accuracy). On the built-in demo source these numbers describe "
             "the synthetic data, not COVID-19 or battlefield recordings.", ""]
     return "\n".join(head + [case_section(c, files) for c, files in cases.items()])
+
+
+# ----------------------------------------------------------------------------- scaling experiments
+
+def _kib(n) -> str:
+    return "-" if n is None else f"{n / 1024:.1f}"
+
+
+def _hyper(scale: dict) -> str:
+    """`cough width 1, speech width 0.75` from a scale.json."""
+    hyper = scale.get("hyperparameters")
+    if not hyper:
+        return "train's branches" if scale.get("profile") is None else "-"
+    return "; ".join(f"{m} " + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in h.items())
+                     for m, h in hyper.items())
+
+
+def scaling_row(name: str, case: str, params: dict, files: dict[str, dict]) -> dict:
+    """One experiment's figures for one case: the MILP's choice, the FP32 model over the partitions, and each
+    exported artifact (deployed accuracy, Flash, peak RAM, MACs, batch-1 latency, whether it fits the profile)."""
+    scale, evaluate, export, bench = (files.get(k) or {} for k in ("scale", "evaluate", "export", "benchmark"))
+    models = evaluate.get("models") or {}
+    first = next(iter(models.values()), {})
+    artifacts = {}
+    for variant, v in (export.get("variants") or {}).items():
+        lat = ((bench.get("variants") or {}).get(variant) or {}).get("latency_ms") or {}
+        artifacts[variant] = {"accuracy": (v.get("deployed") or {}).get("accuracy"), "flash_bytes": v.get("flash_bytes"),
+                              "peak_ram_bytes": v.get("peak_ram_bytes"), "peak_ram_int8_bytes": v.get("peak_ram_int8_bytes"),
+                              "macs": v.get("macs"), "p50_ms": lat.get("p50"), "fits": v.get("fits_profile")}
+    return {"experiment": name, "case": case, "profile": (params.get("scale") or {}).get("profile"),
+            "family": (params.get("scale") or {}).get("family"), "partitions": len(params.get("partitions") or []),
+            "choice": _hyper(scale), "scale": scale, "fp32": first.get("accuracy"), "artifacts": artifacts}
+
+
+def scaling_md(rows: list[dict], paper: dict[str, dict]) -> str:
+    """reports/scaling.md: per profile and case, each experiment's chosen network and its deployed figures; then
+    the smallest artifacts (the < 32 KiB question) against the paper DS-CNN's FP32 artifact (`paper`: case -> row)."""
+    out = ["# Hardware-aware scaling: device profiles, the scale MILP and the deployed artifacts", "",
+           "From `python scripts/scaling_report.py` over the DVC experiments (`dvc exp run -S scale.profile=...`). "
+           "Accuracy of the FP32 model: mean ± std [95% interval] over the partitions; of the artifacts: the deployed "
+           "(LiteRT) accuracy on partition 0's test split with its subject/time-block bootstrap interval. Flash = the "
+           "`.tm2` file; peak RAM = the cost model's (packed activations; int8 storage in brackets); latency = batch-1 "
+           "p50 on this machine (LiteRT, XNNPACK, one thread). `mp` is the ILP's allocation under the profile; "
+           "`best fit` the most accurate exported variant within all the profile's limits.", ""]
+    for profile in sorted({r["profile"] or "-" for r in rows}):
+        out += [f"## Profile {profile}", ""]
+        limits = next((r["scale"].get("limits") for r in rows if (r["profile"] or "-") == profile and r["scale"].get("limits")), None)
+        if limits:
+            out += [f"Limits: Flash {_kib(limits['flash_bytes'])} KiB, RAM {_kib(limits['ram_bytes'])} KiB, "
+                    f"MACs {limits['macs'] / 1e6 if limits.get('macs') else '-'} M" + (f", BOPS {limits['bops']:.3g}" if limits.get("bops") else "")
+                    + f" ({limits.get('description', '')}).", ""]
+        out += ["| case | experiment (family, partitions) | chosen by scale | FP32 accuracy | mp accuracy | mp Flash KiB | "
+                "mp peak RAM KiB | MACs M | mp p50 ms | best fit: variant, accuracy, Flash KiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in [r for r in rows if (r["profile"] or "-") == profile]:
+            mp = r["artifacts"].get("mp") or {}
+            fitting = [(v, a) for v, a in r["artifacts"].items() if a.get("fits") and a.get("accuracy")]
+            best = max(fitting, key=lambda va: va[1]["accuracy"]["value"], default=None)
+            best_txt = f"{best[0]}, {boot(best[1]['accuracy'])}, {_kib(best[1]['flash_bytes'])}" if best else "none fits"
+            macs = "-" if mp.get("macs") is None else f"{mp['macs'] / 1e6:.2f}"
+            p50 = "-" if mp.get("p50_ms") is None else f"{mp['p50_ms']:.3f}"
+            out.append(f"| {r['case']} | {r['experiment']} ({r['family']}, {r['partitions']}) | {r['choice']} | "
+                       f"{spread(r['fp32'])} | {boot(mp.get('accuracy'))} | {_kib(mp.get('flash_bytes'))} | "
+                       f"{_kib(mp.get('peak_ram_bytes'))} ({_kib(mp.get('peak_ram_int8_bytes'))}) | {macs} | {p50} | "
+                       f"{best_txt} |")
+        out.append("")
+    out += ["## Under 32 KiB of Flash", ""]
+    for case in sorted({r["case"] for r in rows}):
+        small = [(r, v, a) for r in rows if r["case"] == case for v, a in r["artifacts"].items()
+                 if a.get("flash_bytes") is not None and a.get("accuracy")]
+        under = [t for t in small if t[2]["flash_bytes"] <= 32 * 1024]
+        ref = (paper.get(case) or {}).get("artifacts", {}).get("fp32", {}).get("accuracy")
+        ref_txt = f"the paper DS-CNN's FP32 artifact: {boot(ref)} ({paper[case]['experiment']})" if ref else \
+            "no run of the paper DS-CNN to compare with"
+        if under:
+            r, v, a = max(under, key=lambda t: t[2]["accuracy"]["value"])
+            gap = f"; {100 * (ref['value'] - a['accuracy']['value']):.1f} points below it (partition 0's test split)" if ref else ""
+            out.append(f"- {case}: best artifact under 32 KiB: {r['experiment']} `{v}` ({r['choice']}), "
+                       f"{_kib(a['flash_bytes'])} KiB, accuracy {boot(a['accuracy'])}; {ref_txt}{gap}.")
+        elif small:
+            r, v, a = min(small, key=lambda t: t[2]["flash_bytes"])
+            out.append(f"- {case}: no artifact under 32 KiB; the smallest: {r['experiment']} `{v}`, "
+                       f"{_kib(a['flash_bytes'])} KiB, accuracy {boot(a['accuracy'])}; {ref_txt}.")
+    return "\n".join(out) + "\n"
