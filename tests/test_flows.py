@@ -215,14 +215,15 @@ def test_second_run_reuses_what_did_not_change(repo, server, deployments, worker
     flow_run = run_deployment(url, deployments["nightly"], {"targets": ["ilp@covid"], "rerun": ["ilp"]},
                               worker, timeout=240)
     logs = flow_logs(url, flow_run["id"])
-    for stage in ("fetch@covid", "slice@covid", "featurize@covid", "train@covid-0", "sensitivity@covid", "latency@covid"):
+    for stage in ("fetch@covid", "slice@covid", "featurize@covid", "scale@covid", "train@covid-0", "sensitivity@covid",
+                  "latency@covid"):
         assert f"{stage}: unchanged, DVC reused its outputs" in logs
-    assert "ilp@covid: DVC ran the stage" in logs and "done: 1 stages ran (ilp@covid), 6 reused" in logs
+    assert "ilp@covid: DVC ran the stage" in logs and "done: 1 stages ran (ilp@covid), 7 reused" in logs
     assert tagged_runs(repo, "tinym2net-covid", flow_run["id"]) == []  # no stage here logs to MLflow
     # In the Prefect UI a reused stage is not a plain `Completed`, in the task list and in the run's artifact.
     states = task_states(url, flow_run["id"])
     assert states == {"fetch@covid": "Reused", "slice@covid": "Reused", "featurize@covid": "Reused",
-                      "train@covid-0": "Reused", "sensitivity@covid": "Reused", "latency@covid": "Reused",
+                      "scale@covid": "Reused", "train@covid-0": "Reused", "sensitivity@covid": "Reused", "latency@covid": "Reused",
                       "ilp@covid": "Completed"}
     artifacts = api(f"{url}/artifacts/filter", {"limit": 10, "offset": 0,
                                                 "artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
