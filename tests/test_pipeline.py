@@ -28,7 +28,7 @@ def repo(tmp_path_factory, repo_root, small_params):
     return path, env, first
 
 
-STAGES = ["fetch", "slice", "featurize", "evaluate", "sensitivity", "latency", "ilp", "quantize", "export",
+STAGES = ["fetch", "slice", "featurize", "scale", "evaluate", "sensitivity", "latency", "ilp", "quantize", "export",
           "benchmark", "budget"]
 CASES = ("covid", "battlefield")
 
