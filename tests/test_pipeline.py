@@ -203,13 +203,13 @@ def test_second_repro_reruns_nothing_and_a_param_reruns_only_its_stage_onwards(r
     changed = run(["dvc", "repro"], path, env)
     # nothing upstream of ilp reruns; downstream stages rerun where their inputs changed (DVC skips
     # e.g. benchmark when export wrote byte-identical artifacts)
-    after_ilp = {f"{s}@{c}" for s in ("ilp", "quantize", "export", "benchmark") for c in CASES}
+    after_ilp = {f"{s}@{c}" for s in ("ilp", "quantize", "export", "benchmark", "budget") for c in CASES}
     ran = ran_stages(changed)
     assert {"ilp@covid", "ilp@battlefield", "quantize@covid", "quantize@battlefield"} <= ran <= after_ilp | {"report"}
     params["train"]["covid"]["lr"] = 0.002
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], path, env)
-    after_train = {f"{s}@covid" for s in ("evaluate", "sensitivity", "latency", "ilp", "quantize", "export", "benchmark")}
+    after_train = {f"{s}@covid" for s in ("evaluate", "sensitivity", "latency", "ilp", "quantize", "export", "benchmark", "budget")}
     after_train |= {"train@covid-0", "train@covid-1"}
     ran = ran_stages(changed)
     assert {"train@covid-0", "train@covid-1", "evaluate@covid"} <= ran <= after_train | {"report"}

@@ -27,7 +27,7 @@ from tinym2net.params import merge
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["fetch", "slice", "featurize", "evaluate"]
+STAGES = ["fetch", "slice", "featurize", "scale", "evaluate"]
 MODELS = {"covid": {"fused", "cough", "speech"}, "battlefield": {"fused", "image", "audio"}}
 EMPTY = "9XKj7fAmvwPUas9GFPZuTpev7T03"
 SMALL_DEFAULT_LABELS = {"positive_mild": "positive", "positive_moderate": "positive", "positive_asymp": "positive",
