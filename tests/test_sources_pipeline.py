@@ -27,7 +27,7 @@ from tinym2net.params import merge
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["fetch", "slice", "featurize", "scale", "evaluate"]
+STAGES = ["fetch", "slice", "featurize", "evaluate"]
 MODELS = {"covid": {"fused", "cough", "speech"}, "battlefield": {"fused", "image", "audio"}}
 EMPTY = "9XKj7fAmvwPUas9GFPZuTpev7T03"
 SMALL_DEFAULT_LABELS = {"positive_mild": "positive", "positive_moderate": "positive", "positive_asymp": "positive",
@@ -74,8 +74,10 @@ def reproduce(repo, case: str, source: str, options: dict) -> tuple[Path, str]:
 
 
 def check_run(path: Path, case: str, output: str) -> dict:
-    """Every stage up to evaluate ran for `case` (none of the other case), with every model evaluated."""
-    assert ran_stages(output) == {f"{s}@{case}" for s in STAGES} | {f"train@{case}-0"}, output[-3000:]
+    """Every stage up to evaluate ran for `case` (none of the other case), with every model evaluated; `scale`
+    depends on params only, so DVC reuses it after the first source of a case."""
+    ran = ran_stages(output)
+    assert ran - {f"scale@{case}"} == {f"{s}@{case}" for s in STAGES} | {f"train@{case}-0"}, output[-3000:]
     result = json.loads((path / "metrics" / case / "evaluate.json").read_text())
     assert set(result["models"]) == MODELS[case]
     for m in result["models"].values():
